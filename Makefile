@@ -1,0 +1,56 @@
+# CIC — developer entry points. `make dev` runs the platform locally; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV ?= $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+PY := .venv/bin/python
+PROTOS := $(shell find protos -name '*.proto')
+STUBS_STAMP := libs/common/src/cic/.stamp
+
+.PHONY: help setup proto dev test test-fast lint fmt clean
+
+help:
+	@echo "make dev    — set up and run the whole platform locally"
+	@echo "make test   — set up and run every test"
+	@echo "make lint   — ruff and mypy"
+	@echo "make proto  — generate the gRPC stubs from protos/"
+
+# uv itself comes from PyPI when the machine has none.
+.venv-tools/bin/uv:
+	python3 -m venv .venv-tools
+	.venv-tools/bin/pip install --quiet uv
+
+.venv/.synced: pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml) | $(UV)
+	$(UV) sync --all-packages --frozen
+	@touch $@
+
+setup: .venv/.synced proto
+
+$(STUBS_STAMP): $(PROTOS) | .venv/.synced
+	rm -rf libs/common/src/cic
+	mkdir -p libs/common/src/cic
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+		--python_out=libs/common/src --grpc_python_out=libs/common/src \
+		--mypy_out=libs/common/src --mypy_grpc_out=libs/common/src $(PROTOS)
+	@touch $@
+
+proto: $(STUBS_STAMP)
+
+dev: setup
+	$(PY) -m tools.dev
+
+test: setup
+	bash tools/run-tests.sh
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy libs/common/src services/*/src tools/vllm-sim/src
+
+fmt: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+clean:
+	rm -rf .venv .venv-tools libs/common/src/cic .pytest_cache .mypy_cache .ruff_cache

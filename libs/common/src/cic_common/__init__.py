@@ -1,0 +1,1 @@
+"""Code every CIC service shares; nothing here runs at import time."""

@@ -1,0 +1,150 @@
+"""A ``grpc.aio`` server with the standard health service, reflection, and one interceptor that
+records metrics, logs failures and continues the caller's trace; stopped gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+
+from cic_common.metrics import GrpcMetrics
+
+log = logging.getLogger(__name__)
+
+
+class _MetadataGetter:
+    def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    def keys(self, carrier: dict[str, str]) -> list[str]:
+        return list(carrier)
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if code is None:
+        return "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps unary-unary and unary-stream handlers with metrics, logging and trace context."""
+
+    def __init__(self, metrics: GrpcMetrics | None) -> None:
+        self._metrics = metrics
+        self._tracer = trace.get_tracer("cic.grpc.server")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        carrier = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, carrier, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, carrier, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _record(self, method: str, code: str, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.server_handled.labels(method, code).inc()
+            self._metrics.server_latency.labels(method).observe(time.perf_counter() - started)
+
+    def _wrap_unary(self, method: str, carrier: dict[str, str], behaviour: Any) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = otel_context.attach(propagate.extract(carrier, getter=_MetadataGetter()))
+            code = "UNKNOWN"
+            try:
+                with self._tracer.start_as_current_span(method, kind=trace.SpanKind.SERVER):
+                    response = await behaviour(request, context)
+                code = _code_of(context)
+                return response
+            except grpc.aio.AbortError:
+                code = _code_of(context)
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                raise
+            finally:
+                otel_context.detach(token)
+                self._record(method, code, started)
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, carrier: dict[str, str], behaviour: Any) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = otel_context.attach(propagate.extract(carrier, getter=_MetadataGetter()))
+            code = "UNKNOWN"
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+                code = _code_of(context)
+            except grpc.aio.AbortError:
+                code = _code_of(context)
+                raise
+            finally:
+                otel_context.detach(token)
+                self._record(method, code, started)
+
+        return wrapped
+
+
+class GrpcServer:
+    """One service's gRPC server: add servicers, ``start()``, later ``stop(grace)``."""
+
+    def __init__(self, metrics: GrpcMetrics | None = None) -> None:
+        self.server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics)])
+        self.health = health.aio.HealthServicer()
+        self._service_names: list[str] = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+
+    def add_service(self, full_name: str, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any) -> None:
+        """Adds ``servicer`` (``add_to_server`` is the generated ``add_XServicer_to_server``)."""
+        add_to_server(servicer, self.server)
+        self._service_names.append(full_name)
+
+    async def start(self, port: int, host: str = "[::]") -> int:
+        """Binds ``host:port`` (0 picks a free port), marks every service SERVING; returns the port."""
+        reflection.enable_server_reflection(self._service_names, self.server)
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC port {port}")
+        await self.server.start()
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        return bound
+
+    async def stop(self, grace: float) -> None:
+        """Health to NOT_SERVING, refuse new calls, let calls in flight finish within ``grace``."""
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+
+    async def _set_all(self, status: int) -> None:
+        for name in self._names_with_overall():
+            await self.health.set(name, status)
+
+    def _names_with_overall(self) -> Iterable[str]:
+        yield ""
+        yield from (n for n in self._service_names if n not in (reflection.SERVICE_NAME, health.SERVICE_NAME))

@@ -1,0 +1,1 @@
+"""Helpers shared by the test tree: finding Postgres and Redis, free ports, processes."""
