@@ -38,7 +38,7 @@ $(STUBS_STAMP): $(PROTOS) | .venv/.synced
 proto: $(STUBS_STAMP)
 
 dev: setup
-	$(PY) -m tools.dev
+	.venv/bin/cic-dev
 
 test: setup
 	bash tools/run-tests.sh

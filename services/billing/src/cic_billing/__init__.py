@@ -1,0 +1,1 @@
+"""CIC billing: the usage ledger in Postgres, priced per model in integer micro-dollars."""

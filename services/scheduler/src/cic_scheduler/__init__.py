@@ -1,0 +1,1 @@
+"""CIC scheduler: the registry of vLLM nodes, their health, and the choice of a node per request."""

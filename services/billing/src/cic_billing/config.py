@@ -1,0 +1,34 @@
+"""Billing's settings, read once from the environment in ``__main__``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from cic_common.settings import GrpcServiceSettings
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+class Settings(GrpcServiceSettings):
+    """``DATABASE_URL`` is required; every other setting has a default."""
+
+    database_url: str
+    grpc_port: int = Field(default=50052, ge=0, le=65535)
+    metrics_port: int = Field(default=9102, ge=0, le=65535)
+    db_pool_max: int = Field(default=10, ge=1, le=1000)
+    # How long prices are cached in memory before the next ingest reloads them (0: every call).
+    price_refresh_s: float = Field(default=30.0, ge=0, le=3600)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        # The message never repeats the value: it may hold a password.
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ValueError("not a URL") from None
+        if parts.scheme not in _POSTGRES_SCHEMES:
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value

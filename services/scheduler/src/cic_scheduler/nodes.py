@@ -1,0 +1,110 @@
+"""What the scheduler knows about nodes and leases, independent of gRPC and of storage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class NodeState(StrEnum):
+    LAUNCHING = "launching"
+    READY = "ready"
+    DRAINING = "draining"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (NodeState.TERMINATED, NodeState.FAILED)
+
+
+class Outcome(StrEnum):
+    """How the request a lease was taken for ended."""
+
+    UNSPECIFIED = "unspecified"
+    SUCCESS = "success"
+    NODE_ERROR = "node_error"
+    CLIENT_ERROR = "client_error"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a registrant says about a node."""
+
+    id: str
+    model: str
+    endpoint: str
+    state: NodeState = NodeState.READY
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A snapshot of one node as the registry holds it."""
+
+    id: str
+    model: str
+    endpoint: str
+    state: NodeState
+    labels: Mapping[str, str]
+    in_flight: int
+    healthy: bool
+    last_heartbeat: datetime
+
+    @property
+    def serves_traffic(self) -> bool:
+        """Ready and healthy: the only nodes a pick may choose."""
+        return self.state is NodeState.READY and self.healthy
+
+
+@dataclass(frozen=True)
+class PickRequest:
+    """What a pick is asked for; later policies (prefix affinity) add fields here."""
+
+    model: str
+    exclude_node_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A slot taken on a node, given back by a release or by the sweeper after its TTL."""
+
+    lease_id: str
+    node: NodeView
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a release did: the node it freed (None when the lease was unknown or expired)."""
+
+    node: NodeView | None
+
+    @property
+    def known(self) -> bool:
+        return self.node is not None
+
+
+class SchedulerError(Exception):
+    """A request the registry refuses; the message is safe to return to the caller."""
+
+
+class NodeNotFound(SchedulerError):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"node `{node_id}` is not registered")
+
+
+class ModelNotServed(SchedulerError):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model `{model}` is not served")
+
+
+class NoReadyNode(SchedulerError):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"no ready node for model `{model}`")
+
+
+class NodeTerminated(SchedulerError):
+    def __init__(self, node_id: str, state: NodeState) -> None:
+        super().__init__(f"node `{node_id}` is {state.value}")
