@@ -116,7 +116,10 @@ class GrpcServer:
     """One service's gRPC server: add servicers, ``start()``, later ``stop(grace)``."""
 
     def __init__(self, metrics: GrpcMetrics | None = None) -> None:
-        self.server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics)])
+        # No SO_REUSEPORT: a second process on the same port must fail, not share it silently.
+        self.server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor(metrics)], options=[("grpc.so_reuseport", 0)]
+        )
         self.health = health.aio.HealthServicer()
         self._service_names: list[str] = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
