@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from cic_common.settings import GrpcServiceSettings
 
-_POSTGRES_SCHEMES = ("postgresql", "postgres")
+_POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
 class Settings(GrpcServiceSettings):
@@ -25,10 +24,8 @@ class Settings(GrpcServiceSettings):
     @classmethod
     def _postgres_url(cls, value: str) -> str:
         # The message never repeats the value: it may hold a password.
-        try:
-            parts = urlsplit(value)
-        except ValueError:
-            raise ValueError("not a URL") from None
-        if parts.scheme not in _POSTGRES_SCHEMES:
-            raise ValueError("must start with postgresql:// or postgres://")
+        if not value.startswith(_POSTGRES_PREFIXES):
+            raise PydanticCustomError(
+                "postgres_url", "must be a URL starting with postgresql:// or postgres://"
+            )
         return value

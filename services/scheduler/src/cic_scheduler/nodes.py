@@ -77,9 +77,11 @@ class Lease:
 
 @dataclass(frozen=True)
 class Release:
-    """What a release did: the node it freed (None when the lease was unknown or expired)."""
+    """What a release did: the node it freed (None when the lease was unknown or expired), and
+    whether this release's node error took the node out of rotation."""
 
     node: NodeView | None
+    marked_unhealthy: bool = False
 
     @property
     def known(self) -> bool:

@@ -1,0 +1,1 @@
+"""cic-vllm-sim: a simulated vLLM OpenAI server for development, tests and benchmarks."""

@@ -1,0 +1,43 @@
+"""Billing's own Prometheus metrics (the gRPC server's come from cic_common.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+_BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class BillingMetrics:
+    """Registered in the registry given: the default one in production, a fresh one in tests."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.events_recorded = Counter(
+            "cic_billing_events_recorded_total",
+            "Usage events written to the ledger",
+            registry=registry,
+        )
+        self.duplicate_events = Counter(
+            "cic_billing_duplicate_events_total",
+            "Usage events whose request id the ledger already held (or that repeated one in the"
+            " same batch), so nothing was written",
+            registry=registry,
+        )
+        self.rejected_batches = Counter(
+            "cic_billing_rejected_batches_total",
+            "RecordUsage calls that wrote nothing, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "cic_billing_batch_size_events",
+            "Usage events per RecordUsage call",
+            buckets=_BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.ingest_seconds = Histogram(
+            "cic_billing_ingest_seconds",
+            "Time to check, price and write one RecordUsage batch",
+            buckets=_INGEST_BUCKETS,
+            registry=registry,
+        )

@@ -1,0 +1,97 @@
+"""Builds the billing service from its settings, runs it, and stops it in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from cic.billing.v1 import billing_pb2_grpc
+from cic_billing.config import Settings
+from cic_billing.ledger import Ledger
+from cic_billing.metrics import BillingMetrics
+from cic_billing.pricing import PriceBook
+from cic_billing.servicer import BillingServicer
+from cic_common import runtime
+from cic_common.db import open_pool
+from cic_common.grpc_server import GrpcServer
+from cic_common.metrics import GrpcMetrics
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "billing"
+MIGRATIONS_PACKAGE = "cic_billing.migrations"
+SERVICE_NAME = "cic.billing.v1.BillingService"
+POOL_CLOSE_TIMEOUT_S = 5.0
+
+
+class BillingService:
+    """The gRPC server, its servicer and the Postgres pool, started and stopped together."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.prices = PriceBook(pool, settings.price_refresh_s)
+        self.ledger = Ledger(pool)
+        self.grpc = GrpcServer(GrpcMetrics(registry))
+        servicer = BillingServicer(self.ledger, self.prices, BillingMetrics(registry))
+        self.grpc.add_service(
+            SERVICE_NAME, billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer
+        )
+
+    async def start(self, port: int | None = None, host: str = "[::]") -> int:
+        """Loads the prices, then serves on ``port`` (default GRPC_PORT; 0 picks a free one)."""
+        await self.prices.reload()
+        return await self.grpc.start(self.settings.grpc_port if port is None else port, host)
+
+    async def stop(self) -> None:
+        """Health to NOT_SERVING, lets calls in flight finish within the grace period, then
+        closes the pool."""
+        try:
+            await self.grpc.stop(self.settings.shutdown_grace_s)
+        finally:
+            await _close_pool(self.pool)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("Postgres connections still busy after %ss; closing them", POOL_CLOSE_TIMEOUT_S)
+        pool.terminate()
+
+
+async def create_service(
+    settings: Settings, registry: CollectorRegistry = REGISTRY
+) -> BillingService:
+    """Migrates the ``billing`` schema, opens the pool and builds the (not yet started) service."""
+    pool = await open_pool(
+        settings.database_url, SCHEMA, MIGRATIONS_PACKAGE, max_size=settings.db_pool_max
+    )
+    try:
+        return BillingService(settings, pool, registry)
+    except BaseException:
+        await _close_pool(pool)
+        raise
+
+
+async def serve(settings: Settings) -> None:
+    """Runs billing until SIGTERM or SIGINT, then shuts it down in order."""
+    stop = runtime.stop_event_on_signals()
+    try:
+        service = await create_service(settings)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        log.error("cannot open the billing database: %s: %s", type(err).__name__, err)
+        raise SystemExit(1) from None
+    try:
+        port = await service.start()
+    except BaseException:
+        await service.stop()
+        raise
+    log.info("billing serving gRPC on port %d", port)
+    await stop.wait()
+    log.info("billing stopping: finishing calls in flight within %ss", settings.shutdown_grace_s)
+    await service.stop()
+    log.info("billing stopped")

@@ -1,0 +1,52 @@
+"""Fixtures: a real scheduler built by its factory, serving gRPC on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cic_common.grpc_client import create_channel
+from cic_common.settings import parse_settings
+from cic_scheduler.config import SchedulerSettings
+from cic_scheduler.server import create_service
+from tests.unit.scheduler.support import FakeNodeHealth, RunningScheduler, stub_for
+
+StartScheduler = Callable[..., Awaitable[RunningScheduler]]
+
+
+@pytest.fixture
+async def start_scheduler() -> AsyncIterator[StartScheduler]:
+    """Starts schedulers with settings from keyword arguments (environment names); by default
+    nodes are not probed during a test, so test endpoints need not answer."""
+    running: list[RunningScheduler] = []
+
+    async def start(**env: str) -> RunningScheduler:
+        environ = {"GRPC_PORT": "0", "HEALTH_PROBE_INTERVAL_S": "3600", **env}
+        settings = parse_settings(SchedulerSettings, environ)
+        metrics = CollectorRegistry()
+        service = await create_service(settings, metrics)
+        port = await service.start(host="127.0.0.1")
+        channel = create_channel(f"127.0.0.1:{port}")
+        scheduler = RunningScheduler(service, stub_for(channel), channel, metrics)
+        running.append(scheduler)
+        return scheduler
+
+    yield start
+    for scheduler in running:
+        await scheduler.channel.close()
+        await scheduler.service.stop(0)
+
+
+@pytest.fixture
+async def scheduler(start_scheduler: StartScheduler) -> RunningScheduler:
+    return await start_scheduler()
+
+
+@pytest.fixture
+async def node_health() -> AsyncIterator[FakeNodeHealth]:
+    server = FakeNodeHealth()
+    await server.start()
+    yield server
+    await server.stop()
