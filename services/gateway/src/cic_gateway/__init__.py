@@ -1,0 +1,1 @@
+"""CIC gateway: the OpenAI-compatible edge for tenants and the admin API for operators."""

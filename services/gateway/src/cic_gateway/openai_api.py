@@ -1,0 +1,84 @@
+"""The tenant API: OpenAI's inference routes as vLLM serves them, forwarded to a node."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import orjson
+from aiohttp import web
+
+from cic_gateway.errors import bad_request, from_grpc_error
+from cic_gateway.jsonio import json_response, read_json_object
+from cic_gateway.proxy import ProxyRequest
+from cic_gateway.request_keys import REQUEST_ID
+from cic_gateway.resources import KEYS, PROXY, SERVICES
+from cic_gateway.sse import UsageWish, upstream_stream_options
+
+_MAX_MODEL_CHARS = 256
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _forward(request, "/v1/chat/completions", streams=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _forward(request, "/v1/completions", streams=True)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _forward(request, "/v1/embeddings", streams=False)
+
+
+def _model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise bad_request("you must provide a model parameter", param="model")
+    if not isinstance(model, str) or not model.strip() or len(model) > _MAX_MODEL_CHARS:
+        raise bad_request("model must be a non-empty string", param="model")
+    return model
+
+
+def _stream_body(body: dict[str, Any]) -> tuple[bytes, UsageWish]:
+    """The body the node gets for a stream (usage always on) and the usage the client wants."""
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("stream_options must be an object", param="stream_options")
+    wish = UsageWish.from_request(options)
+    return orjson.dumps({**body, "stream_options": upstream_stream_options(options)}), wish
+
+
+async def _forward(request: web.Request, path: str, *, streams: bool) -> web.StreamResponse:
+    auth = await request.app[KEYS].authenticate(request)
+    raw, body = await read_json_object(request)
+    model = _model_of(body)
+    stream = streams and body.get("stream") is True
+    upstream_body, wish = _stream_body(body) if stream else (raw, UsageWish(False, False))
+    call = ProxyRequest(
+        request_id=request[REQUEST_ID],
+        auth=auth,
+        model=model,
+        path=path,
+        body=upstream_body,
+        stream=stream,
+        wish=wish,
+    )
+    return await request.app[PROXY].handle(request, call)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    await request.app[KEYS].authenticate(request)
+    try:
+        models = await request.app[SERVICES].scheduler.ready_models()
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc_error(err, "scheduler") from None
+    created = int(time.time())
+    return json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": created, "owned_by": "cic"} for m in models
+            ],
+        }
+    )

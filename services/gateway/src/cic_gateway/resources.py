@@ -1,0 +1,128 @@
+"""What the app holds, under typed keys, and the ``cleanup_ctx`` generators that open and close it.
+
+The contexts run in the order :func:`cic_gateway.app.create_app` appends them and close in the
+reverse order, so the usage sender flushes before the billing channel closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import grpc
+from aiohttp import web
+from redis.asyncio import Redis
+
+from cic.billing.v1 import billing_pb2_grpc
+from cic.orchestrator.v1 import orchestrator_pb2_grpc
+from cic.scheduler.v1 import scheduler_pb2_grpc
+from cic_common.db import open_pool
+from cic_common.grpc_client import create_channel
+from cic_common.redis import create_redis
+from cic_gateway.config import GatewaySettings
+from cic_gateway.keys import KeyStore
+from cic_gateway.metrics import GatewayMetrics
+from cic_gateway.proxy import Proxy
+from cic_gateway.scheduler_client import SchedulerClient
+from cic_gateway.usage import BillingUsageSender, UsageSink
+
+log = logging.getLogger(__name__)
+
+USAGE_FLUSH_TIMEOUT_S = 4.0
+RELEASE_DRAIN_TIMEOUT_S = 2.0
+_UPSTREAM_CONNECTIONS = 1000
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """``draining`` turns ``/readyz`` to 503 once the process was asked to stop."""
+
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """gRPC channels and stubs of the services behind the gateway."""
+
+    scheduler_channel: grpc.aio.Channel
+    scheduler: SchedulerClient
+    billing: billing_pb2_grpc.BillingServiceStub
+    orchestrator: orchestrator_pb2_grpc.OrchestratorServiceStub
+
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+DB = web.AppKey("db", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+SERVICES = web.AppKey("services", Services)
+UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
+USAGE = web.AppKey("usage", UsageSink)
+KEYS = web.AppKey("keys", KeyStore)
+PROXY = web.AppKey("proxy", Proxy)
+
+
+async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await open_pool(settings.database_url, "gateway", "cic_gateway.migrations")
+    app[DB] = pool
+    app[KEYS] = KeyStore(pool, settings.key_cache_ttl_s, app[METRICS])
+    yield
+    await pool.close()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = create_redis(app[SETTINGS].redis_url)
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    scheduler = create_channel(settings.scheduler_addr)
+    billing = create_channel(settings.billing_addr)
+    orchestrator = create_channel(settings.orchestrator_addr)
+    app[SERVICES] = Services(
+        scheduler_channel=scheduler,
+        scheduler=SchedulerClient(scheduler_pb2_grpc.SchedulerServiceStub(scheduler)),
+        billing=billing_pb2_grpc.BillingServiceStub(billing),
+        orchestrator=orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator),
+    )
+    yield
+    await app[SERVICES].scheduler.drain(RELEASE_DRAIN_TIMEOUT_S)
+    for channel in (scheduler, billing, orchestrator):
+        await channel.close()
+
+
+async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
+    sender = BillingUsageSender(
+        app[SERVICES].billing, app[METRICS], flush_interval_s=app[SETTINGS].usage_flush_interval_s
+    )
+    await sender.start()
+    app[USAGE] = sender
+    yield
+    await sender.close(USAGE_FLUSH_TIMEOUT_S)
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One pooled keep-alive session for every node; the proxy on top of it."""
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=settings.upstream_connect_timeout_s,
+        sock_read=settings.upstream_read_timeout_s,
+    )
+    connector = aiohttp.TCPConnector(
+        limit=_UPSTREAM_CONNECTIONS, limit_per_host=0, keepalive_timeout=60
+    )
+    session = aiohttp.ClientSession(
+        connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)
+    )
+    app[UPSTREAM] = session
+    app[PROXY] = Proxy(session, app[SERVICES].scheduler, app[USAGE], app[METRICS])
+    yield
+    await session.close()

@@ -1,0 +1,35 @@
+"""Every HTTP route of the gateway, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cic_gateway import admin, admin_ops, health, openai_api
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_routes(
+        [
+            web.get("/healthz", health.healthz, allow_head=False),
+            web.get("/readyz", health.readyz, allow_head=False),
+            # Tenant API (OpenAI's, as vLLM serves it).
+            web.post("/v1/chat/completions", openai_api.chat_completions),
+            web.post("/v1/completions", openai_api.completions),
+            web.post("/v1/embeddings", openai_api.embeddings),
+            web.get("/v1/models", openai_api.list_models, allow_head=False),
+            # Admin API (operator token; every call audited).
+            web.post("/admin/tenants", admin.create_tenant),
+            web.get("/admin/tenants", admin.list_tenants, allow_head=False),
+            web.get("/admin/tenants/{tenant_id}", admin.get_tenant, allow_head=False),
+            web.patch("/admin/tenants/{tenant_id}", admin.update_tenant),
+            web.post("/admin/tenants/{tenant_id}/keys", admin.create_key),
+            web.get("/admin/tenants/{tenant_id}/keys", admin.list_keys, allow_head=False),
+            web.get("/admin/tenants/{tenant_id}/usage", admin_ops.tenant_usage, allow_head=False),
+            web.delete("/admin/keys/{key_id}", admin.revoke_key),
+            web.get("/admin/nodes", admin_ops.list_nodes, allow_head=False),
+            web.post("/admin/nodes", admin_ops.register_node),
+            web.post("/admin/nodes/launch", admin_ops.launch_node),
+            web.delete("/admin/nodes/{node_id}", admin_ops.terminate_node),
+            web.get("/admin/audit", admin_ops.list_audit, allow_head=False),
+        ]
+    )

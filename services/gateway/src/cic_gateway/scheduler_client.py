@@ -1,0 +1,112 @@
+"""The scheduler as the gateway sees it: take a lease on a node for a model, give it back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from cic.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from cic_gateway.errors import SERVER_ERROR, ApiError
+
+log = logging.getLogger(__name__)
+
+Outcome = scheduler_pb2.Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    lease_id: str
+    node_id: str
+    model: str
+    endpoint: str
+
+
+def no_node(model: str) -> ApiError:
+    return ApiError(
+        503,
+        f"No node is ready to serve model '{model}' right now; try again shortly.",
+        type=SERVER_ERROR,
+        code="no_ready_node",
+    )
+
+
+class SchedulerClient:
+    def __init__(
+        self,
+        stub: scheduler_pb2_grpc.SchedulerServiceStub,
+        pick_timeout_s: float = 2.0,
+        release_timeout_s: float = 2.0,
+    ) -> None:
+        self._stub = stub
+        self._pick_timeout_s = pick_timeout_s
+        self._release_timeout_s = release_timeout_s
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    async def pick(self, model: str, exclude_node_ids: tuple[str, ...] = ()) -> Lease:
+        """A lease on a ready node for ``model``; 404 for a model no node serves, else 503."""
+        request = scheduler_pb2.PickNodeRequest(
+            model=model, exclude_node_ids=list(exclude_node_ids)
+        )
+        try:
+            reply = await self._stub.PickNode(request, timeout=self._pick_timeout_s)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise ApiError(
+                    404,
+                    f"The model '{model}' does not exist.",
+                    code="model_not_found",
+                    param="model",
+                ) from None
+            if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                log.warning("PickNode(%s) failed: %s %s", model, err.code().name, err.details())
+            raise no_node(model) from None
+        node = reply.node
+        return Lease(
+            lease_id=reply.lease_id,
+            node_id=node.id,
+            model=model,
+            endpoint=node.endpoint.rstrip("/"),
+        )
+
+    def release_soon(
+        self, lease: Lease, outcome: int, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """Gives the lease back in the background: the response never waits for it, and a
+        request cancelled because its client left still gives its lease back."""
+        task = asyncio.create_task(self._release(lease, outcome, prompt_tokens, completion_tokens))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(
+        self, lease: Lease, outcome: int, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        request = scheduler_pb2.ReleaseNodeRequest(
+            lease_id=lease.lease_id,
+            outcome=outcome,  # type: ignore[arg-type]
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        try:
+            await self._stub.ReleaseNode(request, timeout=self._release_timeout_s)
+        except grpc.aio.AioRpcError as err:
+            # The scheduler gives back leases nobody released after its lease TTL.
+            log.warning("ReleaseNode(%s) failed: %s", lease.lease_id, err.code().name)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Waits (up to ``timeout_s``) for the releases still under way."""
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=timeout_s)
+
+    async def list_nodes(self, model: str = "") -> list[scheduler_pb2.Node]:
+        reply = await self._stub.ListNodes(scheduler_pb2.ListNodesRequest(model=model))
+        return list(reply.nodes)
+
+    async def ready_models(self) -> list[str]:
+        """The models with at least one ready, healthy node, sorted."""
+        nodes = await self.list_nodes()
+        return sorted(
+            {n.model for n in nodes if n.state == scheduler_pb2.NODE_STATE_READY and n.healthy}
+        )

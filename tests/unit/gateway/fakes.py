@@ -1,0 +1,199 @@
+"""Small in-process gRPC servicers standing in for the scheduler, billing and the orchestrator.
+
+They record every call so that tests can check what the gateway asked, and can be told to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+import grpc
+
+from cic.billing.v1 import billing_pb2, billing_pb2_grpc
+from cic.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from cic.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from cic_common.grpc_server import GrpcServer
+
+
+@dataclass
+class Release:
+    lease_id: str
+    outcome: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
+    """Knows the nodes it is given; a model with no node is NOT_FOUND, one whose nodes are all
+    not ready is UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.nodes: list[scheduler_pb2.Node] = []
+        self.picks: list[str] = []
+        self.releases: list[Release] = []
+        self._lease_ids = itertools.count(1)
+        self._released = asyncio.Condition()
+
+    def add_node(self, node_id: str, model: str, endpoint: str, *, ready: bool = True) -> None:
+        state = scheduler_pb2.NODE_STATE_READY if ready else scheduler_pb2.NODE_STATE_LAUNCHING
+        self.nodes.append(
+            scheduler_pb2.Node(
+                id=node_id, model=model, endpoint=endpoint, state=state, healthy=ready, in_flight=0
+            )
+        )
+
+    async def PickNode(self, request, context):
+        self.picks.append(request.model)
+        nodes = [n for n in self.nodes if n.model == request.model]
+        if not nodes:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model}")
+        ready = [n for n in nodes if n.state == scheduler_pb2.NODE_STATE_READY]
+        if not ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no ready node for {request.model}")
+        return scheduler_pb2.PickNodeResponse(
+            node=ready[0], lease_id=f"lease-{next(self._lease_ids)}"
+        )
+
+    async def ReleaseNode(self, request, context):
+        self.releases.append(
+            Release(
+                request.lease_id, request.outcome, request.prompt_tokens, request.completion_tokens
+            )
+        )
+        async with self._released:
+            self._released.notify_all()
+        return scheduler_pb2.ReleaseNodeResponse()
+
+    async def wait_for_releases(self, count: int, timeout: float = 10.0) -> list[Release]:
+        async with self._released:
+            await asyncio.wait_for(
+                self._released.wait_for(lambda: len(self.releases) >= count), timeout
+            )
+        return list(self.releases)
+
+    async def ListNodes(self, request, context):
+        return scheduler_pb2.ListNodesResponse(
+            nodes=[n for n in self.nodes if not request.model or n.model == request.model]
+        )
+
+
+class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
+    def __init__(self) -> None:
+        self.events: list[billing_pb2.UsageEvent] = []
+        self.batches: list[int] = []
+        self.fail_next = 0
+        self.fail_code = grpc.StatusCode.UNAVAILABLE
+        self.usage_queries: list[billing_pb2.GetUsageRequest] = []
+        self.usage_reply = billing_pb2.GetUsageResponse()
+        self._arrived = asyncio.Condition()
+
+    async def RecordUsage(self, request, context):
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            await context.abort(self.fail_code, "billing cannot take this batch now")
+        if any(not e.tenant_id for e in request.events):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id is required")
+        seen = {e.request_id for e in self.events}
+        fresh = [e for e in request.events if e.request_id not in seen]
+        self.events.extend(fresh)
+        self.batches.append(len(request.events))
+        async with self._arrived:
+            self._arrived.notify_all()
+        return billing_pb2.RecordUsageResponse(
+            recorded=len(fresh), duplicates=len(request.events) - len(fresh)
+        )
+
+    async def GetUsage(self, request, context):
+        self.usage_queries.append(request)
+        return self.usage_reply
+
+    async def wait_for_events(
+        self, count: int, timeout: float = 10.0
+    ) -> list[billing_pb2.UsageEvent]:
+        async with self._arrived:
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: len(self.events) >= count), timeout
+            )
+        return list(self.events)
+
+
+class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self._ids = itertools.count(1)
+
+    def _node(self, **fields) -> orchestrator_pb2.ManagedNode:
+        return orchestrator_pb2.ManagedNode(id=f"node-{next(self._ids)}", **fields)
+
+    async def RegisterNode(self, request, context):
+        self.calls.append(("RegisterNode", request))
+        node = self._node(
+            model=request.model,
+            endpoint=request.endpoint,
+            provider="manual",
+            state=orchestrator_pb2.NODE_STATE_LAUNCHING,
+        )
+        return orchestrator_pb2.RegisterNodeResponse(node=node)
+
+    async def LaunchNode(self, request, context):
+        self.calls.append(("LaunchNode", request))
+        if any(arg.startswith("--evil") for arg in request.vllm_args):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vllm arg --evil is not allowed")
+        node = self._node(
+            model=request.model,
+            accelerators=request.accelerators,
+            cloud=request.cloud,
+            vllm_args=list(request.vllm_args),
+            provider="skypilot",
+            state=orchestrator_pb2.NODE_STATE_LAUNCHING,
+        )
+        return orchestrator_pb2.LaunchNodeResponse(node=node)
+
+    async def TerminateNode(self, request, context):
+        self.calls.append(("TerminateNode", request))
+        if request.node_id == "node-terminated":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "node is already terminated")
+        if not request.node_id.startswith("node-"):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {request.node_id}")
+        node = orchestrator_pb2.ManagedNode(
+            id=request.node_id, model="m", state=orchestrator_pb2.NODE_STATE_DRAINING
+        )
+        return orchestrator_pb2.TerminateNodeResponse(node=node)
+
+
+@dataclass
+class FakeServices:
+    scheduler: FakeScheduler = field(default_factory=FakeScheduler)
+    billing: FakeBilling = field(default_factory=FakeBilling)
+    orchestrator: FakeOrchestrator = field(default_factory=FakeOrchestrator)
+    server: GrpcServer | None = None
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.server = GrpcServer()
+        self.server.add_service(
+            "cic.scheduler.v1.SchedulerService",
+            scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
+            self.scheduler,
+        )
+        self.server.add_service(
+            "cic.billing.v1.BillingService",
+            billing_pb2_grpc.add_BillingServiceServicer_to_server,
+            self.billing,
+        )
+        self.server.add_service(
+            "cic.orchestrator.v1.OrchestratorService",
+            orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
+            self.orchestrator,
+        )
+        self.port = await self.server.start(0, host="127.0.0.1")
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
