@@ -20,7 +20,9 @@ def free_ports() -> Ports:
 
 
 @pytest.fixture
-async def stack(database_url: str, redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+async def stack(
+    database_url: str, redis_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Stack]:
     """Scheduler, billing, orchestrator and gateway as real processes, with two simulated nodes."""
     log_dir = ARTIFACTS / "e2e" / request.node.name
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -42,4 +44,6 @@ async def stack(database_url: str, redis_url: str, request: pytest.FixtureReques
         yield running
     finally:
         codes = await running.stop()
-        assert all(code == 0 for code in codes.values()), f"services did not exit cleanly: {codes} (logs in {log_dir})"
+        assert all(code == 0 for code in codes.values()), (
+            f"services did not exit cleanly: {codes} (logs in {log_dir})"
+        )

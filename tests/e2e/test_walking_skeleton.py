@@ -59,7 +59,11 @@ async def test_chat_through_the_platform_is_billed_exactly(stack: Stack, databas
 
         chunks = []
         stream = await client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=20, stream=True, stream_options={"include_usage": True}
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=20,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         async for chunk in stream:
             chunks.append(chunk)
@@ -69,9 +73,13 @@ async def test_chat_through_the_platform_is_billed_exactly(stack: Stack, databas
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text and streamed_usage.completion_tokens == 20
 
-        quiet = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, stream=True)
+        quiet = await client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=12, stream=True
+        )
         quiet_chunks = [c async for c in quiet]
-        assert all(c.usage is None for c in quiet_chunks), "usage chunk sent to a client that did not ask"
+        assert all(c.usage is None for c in quiet_chunks), (
+            "usage chunk sent to a client that did not ask"
+        )
     finally:
         await client.close()
 
@@ -88,7 +96,9 @@ async def test_chat_through_the_platform_is_billed_exactly(stack: Stack, databas
     assert [(r["prompt_tokens"], r["completion_tokens"], r["streamed"]) for r in rows] == reported
 
     async with aiohttp.ClientSession() as session:
-        usage = await AdminClient(session, stack.gateway_url, stack.config.admin_token).usage(tenant_id)
+        usage = await AdminClient(session, stack.gateway_url, stack.config.admin_token).usage(
+            tenant_id
+        )
     assert usage["requests"] == 3
     assert usage["prompt_tokens"] == sum(r[0] for r in reported)
     assert usage["completion_tokens"] == sum(r[1] for r in reported)

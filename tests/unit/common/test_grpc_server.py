@@ -30,7 +30,11 @@ async def server():
     registry = CollectorRegistry()
     srv = GrpcServer(GrpcMetrics(registry))
     servicer = _Billing()
-    srv.add_service("cic.billing.v1.BillingService", billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer)
+    srv.add_service(
+        "cic.billing.v1.BillingService",
+        billing_pb2_grpc.add_BillingServiceServicer_to_server,
+        servicer,
+    )
     port = await srv.start(0, host="127.0.0.1")
     yield srv, port, servicer, registry
     await srv.stop(0)
@@ -65,17 +69,25 @@ async def test_client_sets_deadline_and_metrics_count_codes(server) -> None:
     channel = create_channel(f"127.0.0.1:{port}", default_timeout_s=3.0)
     try:
         stub = billing_pb2_grpc.BillingServiceStub(channel)
-        reply = await stub.RecordUsage(billing_pb2.RecordUsageRequest(events=[billing_pb2.UsageEvent(request_id="r")]))
+        reply = await stub.RecordUsage(
+            billing_pb2.RecordUsageRequest(events=[billing_pb2.UsageEvent(request_id="r")])
+        )
         assert reply.recorded == 1
-        assert servicer.seen_deadline is not None and 0 < servicer.seen_deadline <= 3.1  # timer slack
+        assert (
+            servicer.seen_deadline is not None and 0 < servicer.seen_deadline <= 3.1
+        )  # timer slack
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.RecordUsage(billing_pb2.RecordUsageRequest())
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await channel.close()
     method = "/cic.billing.v1.BillingService/RecordUsage"
-    ok = registry.get_sample_value("cic_grpc_server_handled_total", {"method": method, "code": "OK"})
-    bad = registry.get_sample_value("cic_grpc_server_handled_total", {"method": method, "code": "INVALID_ARGUMENT"})
+    ok = registry.get_sample_value(
+        "cic_grpc_server_handled_total", {"method": method, "code": "OK"}
+    )
+    bad = registry.get_sample_value(
+        "cic_grpc_server_handled_total", {"method": method, "code": "INVALID_ARGUMENT"}
+    )
     assert (ok, bad) == (1.0, 1.0)
 
 
@@ -89,7 +101,9 @@ async def test_trace_context_reaches_the_server(server) -> None:
     try:
         stub = billing_pb2_grpc.BillingServiceStub(channel)
         with tracer.start_as_current_span("caller") as span:
-            await stub.RecordUsage(billing_pb2.RecordUsageRequest(events=[billing_pb2.UsageEvent(request_id="r")]))
+            await stub.RecordUsage(
+                billing_pb2.RecordUsageRequest(events=[billing_pb2.UsageEvent(request_id="r")])
+            )
             trace_id = format(span.get_span_context().trace_id, "032x")
     finally:
         await channel.close()

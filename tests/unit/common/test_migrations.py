@@ -13,7 +13,10 @@ PACKAGE = "tests.unit.common.fixture_migrations"
 async def test_migrations_apply_once_in_order(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        assert await migrate(conn, "svc", PACKAGE) == ["0001_create_things.sql", "0002_add_colour.sql"]
+        assert await migrate(conn, "svc", PACKAGE) == [
+            "0001_create_things.sql",
+            "0002_add_colour.sql",
+        ]
         assert await migrate(conn, "svc", PACKAGE) == []
         versions = await conn.fetch("SELECT version FROM svc.schema_migrations ORDER BY version")
         assert [r["version"] for r in versions] == [1, 2]

@@ -17,8 +17,15 @@ class _Settings(GrpcServiceSettings):
 
 
 def test_settings_read_and_typed() -> None:
-    s = parse_settings(_Settings, {"DATABASE_URL": "postgresql://x/y", "GRPC_PORT": "6000", "OTHER": "ignored"})
-    assert (s.database_url, s.grpc_port, s.pool_size, s.shutdown_grace_s) == ("postgresql://x/y", 6000, 5, 25.0)
+    s = parse_settings(
+        _Settings, {"DATABASE_URL": "postgresql://x/y", "GRPC_PORT": "6000", "OTHER": "ignored"}
+    )
+    assert (s.database_url, s.grpc_port, s.pool_size, s.shutdown_grace_s) == (
+        "postgresql://x/y",
+        6000,
+        5,
+        25.0,
+    )
     with pytest.raises(ValueError):
         s.grpc_port = 1  # type: ignore[misc]
 
@@ -53,7 +60,10 @@ def test_redact_removes_secrets(secret: str) -> None:
 
 
 def test_redact_headers_and_bearer() -> None:
-    text = redact('headers={"Authorization": "Bearer abc.def", "X-Admin-Token": "t0ps3cr3t"} ADMIN_API_TOKEN=zzz')
+    text = redact(
+        'headers={"Authorization": "Bearer abc.def", "X-Admin-Token": "t0ps3cr3t"}'
+        " ADMIN_API_TOKEN=zzz"
+    )
     for secret in ("abc.def", "t0ps3cr3t", "zzz"):
         assert secret not in text
 

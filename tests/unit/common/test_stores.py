@@ -8,7 +8,8 @@ async def test_database_is_fresh_and_writable(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         tables = await conn.fetchval(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+            "SELECT count(*) FROM information_schema.tables"
+            " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
         )
         assert tables == 0
         await conn.execute("CREATE TABLE t (x int)")

@@ -23,7 +23,9 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
 def _lock_key(schema: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"cic-migrations:{schema}".encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(
+        hashlib.sha256(f"cic-migrations:{schema}".encode()).digest()[:8], "big", signed=True
+    )
 
 
 def migration_files(package: str) -> list[tuple[int, str, Traversable]]:
@@ -53,7 +55,10 @@ async def migrate(conn: asyncpg.Connection, schema: str, package: str) -> list[s
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
+        done = {
+            r["version"]
+            for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')  # noqa: S608 (schema checked above)
+        }
         for version, name, entry in migration_files(package):
             if version in done:
                 continue
@@ -61,7 +66,9 @@ async def migrate(conn: asyncpg.Connection, schema: str, package: str) -> list[s
                 await conn.execute(f'SET LOCAL search_path TO "{schema}"')
                 await conn.execute(entry.read_text(encoding="utf-8"))
                 await conn.execute(
-                    f'INSERT INTO "{schema}".schema_migrations (version, name) VALUES ($1, $2)', version, name
+                    f'INSERT INTO "{schema}".schema_migrations (version, name) VALUES ($1, $2)',  # noqa: S608
+                    version,
+                    name,
                 )
             log.info("applied migration %s to schema %s", name, schema)
             applied.append(name)
@@ -71,7 +78,11 @@ async def migrate(conn: asyncpg.Connection, schema: str, package: str) -> list[s
 
 
 async def open_pool(
-    url: str, schema: str, migrations_package: str | None = None, min_size: int = 1, max_size: int = 10
+    url: str,
+    schema: str,
+    migrations_package: str | None = None,
+    min_size: int = 1,
+    max_size: int = 10,
 ) -> asyncpg.Pool:
     """Migrates ``schema`` (when a package is given) and returns a pool whose connections use it."""
     if migrations_package is not None:

@@ -11,7 +11,9 @@ from opentelemetry import propagate
 DEFAULT_TIMEOUT_S = 5.0
 
 
-def _with_defaults(details: grpc.aio.ClientCallDetails, timeout: float) -> grpc.aio.ClientCallDetails:
+def _with_defaults(
+    details: grpc.aio.ClientCallDetails, timeout: float
+) -> grpc.aio.ClientCallDetails:
     metadata = grpc.aio.Metadata()
     for key, value in details.metadata or ():
         metadata.add(key, value)
@@ -32,14 +34,18 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
 
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
         return await continuation(_with_defaults(client_call_details, self._timeout), request)
 
 
 class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
     """Streams get the trace context only: a watch stream has no natural deadline."""
 
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
         return await continuation(_with_defaults(client_call_details, None), request)  # type: ignore[arg-type]
 
 

@@ -19,15 +19,6 @@ from cic_common.metrics import GrpcMetrics
 log = logging.getLogger(__name__)
 
 
-class _MetadataGetter:
-    def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
-        value = carrier.get(key)
-        return None if value is None else [value]
-
-    def keys(self, carrier: dict[str, str]) -> list[str]:
-        return list(carrier)
-
-
 def _code_of(context: grpc.aio.ServicerContext) -> str:
     code = context.code()
     if code is None:
@@ -51,7 +42,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        carrier = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
+        carrier = {
+            k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)
+        }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, carrier, handler.unary_unary),
@@ -74,7 +67,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, method: str, carrier: dict[str, str], behaviour: Any) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            token = otel_context.attach(propagate.extract(carrier, getter=_MetadataGetter()))
+            token = otel_context.attach(propagate.extract(carrier))
             code = "UNKNOWN"
             try:
                 with self._tracer.start_as_current_span(method, kind=trace.SpanKind.SERVER):
@@ -96,7 +89,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_stream(self, method: str, carrier: dict[str, str], behaviour: Any) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            token = otel_context.attach(propagate.extract(carrier, getter=_MetadataGetter()))
+            token = otel_context.attach(propagate.extract(carrier))
             code = "UNKNOWN"
             try:
                 async for item in behaviour(request, context):
@@ -124,13 +117,15 @@ class GrpcServer:
         self._service_names: list[str] = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
 
-    def add_service(self, full_name: str, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any) -> None:
+    def add_service(
+        self, full_name: str, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any
+    ) -> None:
         """Adds ``servicer`` (``add_to_server`` is the generated ``add_XServicer_to_server``)."""
         add_to_server(servicer, self.server)
         self._service_names.append(full_name)
 
     async def start(self, port: int, host: str = "[::]") -> int:
-        """Binds ``host:port`` (0 picks a free port), marks every service SERVING; returns the port."""
+        """Binds ``host:port`` (0: a free port), marks every service SERVING; returns the port."""
         reflection.enable_server_reflection(self._service_names, self.server)
         bound = self.server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
@@ -150,4 +145,8 @@ class GrpcServer:
 
     def _names_with_overall(self) -> Iterable[str]:
         yield ""
-        yield from (n for n in self._service_names if n not in (reflection.SERVICE_NAME, health.SERVICE_NAME))
+        yield from (
+            n
+            for n in self._service_names
+            if n not in (reflection.SERVICE_NAME, health.SERVICE_NAME)
+        )

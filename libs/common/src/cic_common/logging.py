@@ -14,7 +14,9 @@ _SECRET_PATTERNS = [
     re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[A-Za-z0-9]+"),
     re.compile(r"\bwhsec_[A-Za-z0-9]+"),
     re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
-    re.compile(r"(?i)((?:x-admin-token|admin[_-]api[_-]token|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"),
+    re.compile(
+        r"(?i)((?:x-admin-token|admin[_-]api[_-]token|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"
+    ),
 ]
 REDACTED = "[REDACTED]"
 

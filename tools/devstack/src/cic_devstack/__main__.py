@@ -65,7 +65,7 @@ def admin_token_from(environ: Mapping[str, str], data_dir: Path) -> str:
 
 
 async def demo_key(stack: Stack, token: str, data_dir: Path) -> str:
-    """The demo tenant's key: the one saved by an earlier start while it still works, else a new one."""
+    """The demo tenant's key: the one an earlier start saved, while it works, else a new one."""
     saved = data_dir / "demo-key"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         if saved.exists():
@@ -75,7 +75,9 @@ async def demo_key(stack: Stack, token: str, data_dir: Path) -> str:
                 if resp.status == 200:
                     return key
         admin = AdminClient(session, stack.gateway_url, token)
-        tenant = await admin.find_tenant(DEMO_EMAIL) or await admin.create_tenant("Demo", DEMO_EMAIL)
+        tenant = await admin.find_tenant(DEMO_EMAIL) or await admin.create_tenant(
+            "Demo", DEMO_EMAIL
+        )
         key = str((await admin.create_key(tenant["id"], "demo"))["key"])
     saved.write_text(key + "\n")
     saved.chmod(0o600)
@@ -84,6 +86,7 @@ async def demo_key(stack: Stack, token: str, data_dir: Path) -> str:
 
 def _banner(stack: Stack, token: str, key: str) -> str:
     url = stack.gateway_url
+    body = {"model": stack.config.node_model, "messages": [{"role": "user", "content": "Hello"}]}
     return "\n".join(
         [
             "",
@@ -95,7 +98,7 @@ def _banner(stack: Stack, token: str, key: str) -> str:
             "",
             f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \\",
             "    -H 'Content-Type: application/json' \\",
-            f"    -d '{json.dumps({'model': stack.config.node_model, 'messages': [{'role': 'user', 'content': 'Hello'}]})}'",
+            f"    -d '{json.dumps(body)}'",
             "",
             "Ctrl-C stops everything.",
             "",
@@ -107,7 +110,7 @@ async def _watch(stack: Stack, stop: asyncio.Event) -> None:
     while not stop.is_set():
         for proc in stack.processes.values():
             if not proc.running:
-                print(f"[dev] {proc.name} exited with code {proc.proc.returncode if proc.proc else '?'}; stopping")
+                print(f"[dev] {proc.name} exited with code {proc.returncode}; stopping")
                 stop.set()
                 return
         with contextlib.suppress(TimeoutError):
@@ -115,11 +118,14 @@ async def _watch(stack: Stack, stop: asyncio.Event) -> None:
 
 
 async def run_dev(environ: Mapping[str, str]) -> int:
-    DATA_DIR.mkdir(exist_ok=True)
     stop = stop_event_on_signals()
     with contextlib.ExitStack() as stores:
-        database_url = environ.get("DATABASE_URL") or stores.enter_context(embedded_postgres(DATA_DIR / "postgres"))
-        redis_url = environ.get("REDIS_URL") or stores.enter_context(embedded_redis(DATA_DIR / "redis"))
+        database_url = environ.get("DATABASE_URL") or stores.enter_context(
+            embedded_postgres(DATA_DIR / "postgres")
+        )
+        redis_url = environ.get("REDIS_URL") or stores.enter_context(
+            embedded_redis(DATA_DIR / "redis")
+        )
         token = admin_token_from(environ, DATA_DIR)
         config = StackConfig(
             database_url=database_url,

@@ -12,7 +12,9 @@ class AdminClient:
         self._headers = {"X-Admin-Token": token}
 
     async def _call(self, method: str, path: str, json: object | None = None) -> tuple[int, object]:
-        async with self._session.request(method, self._base + path, json=json, headers=self._headers) as resp:
+        async with self._session.request(
+            method, self._base + path, json=json, headers=self._headers
+        ) as resp:
             body = await resp.json() if resp.content_type == "application/json" else None
             return resp.status, body
 
@@ -26,8 +28,8 @@ class AdminClient:
         status, body = await self._call("GET", "/admin/tenants")
         if status != 200:
             raise RuntimeError(f"listing tenants answered {status}: {body}")
-        tenants = body.get("data", body) if isinstance(body, dict) else body
-        for tenant in tenants or []:
+        tenants = body.get("data", []) if isinstance(body, dict) else []
+        for tenant in tenants:
             if tenant["email"].lower() == email.lower():
                 return tenant
         return None

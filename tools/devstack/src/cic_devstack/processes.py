@@ -48,6 +48,10 @@ class ServiceProcess:
             sink.flush()
 
     @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 

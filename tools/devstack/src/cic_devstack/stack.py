@@ -133,7 +133,7 @@ class Stack:
         return codes
 
     async def launch_nodes(self, count: int) -> list[str]:
-        """Launches ``count`` simulated nodes through the orchestrator; waits until each is ready."""
+        """Launches ``count`` simulated nodes through the orchestrator; waits till they are up."""
         c = self.config
         async with grpc.aio.insecure_channel(self.addr("orchestrator")) as channel:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
@@ -141,7 +141,10 @@ class Stack:
             for _ in range(count):
                 reply = await stub.LaunchNode(
                     orchestrator_pb2.LaunchNodeRequest(
-                        model=c.node_model, accelerators="SIM:1", cloud="local", vllm_args=list(c.node_args)
+                        model=c.node_model,
+                        accelerators="SIM:1",
+                        cloud="local",
+                        vllm_args=list(c.node_args),
                     ),
                     timeout=10,
                 )
@@ -151,10 +154,14 @@ class Stack:
         self.node_ids.extend(ids)
         return ids
 
-    async def _wait_node_ready(self, stub: orchestrator_pb2_grpc.OrchestratorServiceStub, node_id: str) -> None:
+    async def _wait_node_ready(
+        self, stub: orchestrator_pb2_grpc.OrchestratorServiceStub, node_id: str
+    ) -> None:
         deadline = time.monotonic() + self.config.start_timeout_s
         while time.monotonic() < deadline:
-            node = (await stub.GetNode(orchestrator_pb2.GetNodeRequest(node_id=node_id), timeout=5)).node
+            node = (
+                await stub.GetNode(orchestrator_pb2.GetNodeRequest(node_id=node_id), timeout=5)
+            ).node
             if node.state == orchestrator_pb2.NODE_STATE_READY:
                 return
             if node.state == orchestrator_pb2.NODE_STATE_FAILED:

@@ -14,7 +14,7 @@ def embedded_postgres(folder: Path) -> Iterator[str]:
     import pgserver
 
     folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o777)  # started as root, pgserver runs postgres as its own user
+    os.chmod(folder, 0o777)  # noqa: S103 (as root, pgserver runs postgres as its own user)
     server = pgserver.get_server(str(folder), cleanup_mode="stop")
     try:
         yield server.get_uri()
