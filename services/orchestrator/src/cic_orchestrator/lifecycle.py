@@ -1,0 +1,303 @@
+"""Node lifecycle: launch or adopt a node, wait for its /health, hand it to the scheduler; drain
+and terminate it; record every step in Postgres.
+
+Requests answer at once; the slow part runs in one background task per node. A terminate
+waits for the node's launch task to notice (at its next /health poll) before it ends the node,
+so a process is never left behind by a launch and a terminate crossing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from cic_orchestrator.config import Settings
+from cic_orchestrator.health_probe import HealthProbe
+from cic_orchestrator.metrics import OrchestratorMetrics
+from cic_orchestrator.nodes import (
+    LIVE_STATES,
+    NodeConflict,
+    NodeNotFound,
+    NodeRecord,
+    NodeSpec,
+    NodeState,
+    new_node_id,
+)
+from cic_orchestrator.providers import Providers
+from cic_orchestrator.providers.base import LaunchError, NodeProvider
+from cic_orchestrator.scheduler_client import SchedulerClient
+from cic_orchestrator.store import NodeStore
+from cic_orchestrator.validation import (
+    check_accelerators,
+    check_cloud,
+    check_endpoint,
+    check_model,
+)
+
+log = logging.getLogger(__name__)
+
+EXTERNAL = "external"
+# Best-effort scheduler calls made while something else waits (shutdown, failures).
+QUICK_CALL_S = 2.0
+
+
+@dataclass(frozen=True)
+class _Unhealthy:
+    outcome: str  # launches_total outcome: failed, timeout, cancelled
+    reason: str
+
+
+class NodeLifecycle:
+    def __init__(
+        self,
+        settings: Settings,
+        store: NodeStore,
+        providers: Providers,
+        scheduler: SchedulerClient,
+        probe: HealthProbe,
+        metrics: OrchestratorMetrics,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._providers = providers
+        self._scheduler = scheduler
+        self._probe = probe
+        self._metrics = metrics
+        self._current: dict[str, asyncio.Task[None]] = {}  # the task that owns each node now
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping: set[str] = set()  # nodes a terminate asked to stop launching
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def launch(
+        self, model: str, accelerators: str, cloud: str, vllm_args: Sequence[str]
+    ) -> NodeRecord:
+        check_model(model)
+        check_accelerators(accelerators)
+        provider = self._providers.for_cloud(check_cloud(cloud))
+        args = tuple(provider.check_vllm_args(vllm_args))
+        spec = NodeSpec(new_node_id(), model, accelerators, cloud, args)
+        record = await self._store.insert(spec, provider.name, NodeState.LAUNCHING)
+        log.info("node %s: launching %s on %s", record.id, model, provider.name)
+        self._run(record.id, self._bring_up(record, provider, launch=True))
+        await self.refresh_gauges()
+        return record
+
+    async def adopt(self, endpoint: str, model: str) -> NodeRecord:
+        check_model(model)
+        spec = NodeSpec(new_node_id(), model)
+        record = await self._store.insert(
+            spec, EXTERNAL, NodeState.LAUNCHING, endpoint=check_endpoint(endpoint)
+        )
+        log.info("node %s: adopting %s at %s", record.id, model, record.endpoint)
+        self._run(record.id, self._bring_up(record, self._provider(record), launch=False))
+        await self.refresh_gauges()
+        return record
+
+    async def terminate(self, node_id: str) -> NodeRecord:
+        record = await self.get(node_id)
+        if record.state is NodeState.DRAINING and node_id in self._stopping:
+            return record
+        draining = await self._store.transition(node_id, LIVE_STATES, NodeState.DRAINING)
+        if draining is None:
+            record = await self.get(node_id)
+            raise NodeConflict(f"node {node_id} is already {record.state.value}")
+        log.info("node %s: terminating (was %s)", node_id, draining.previous_state)
+        self.resume_retire(draining)
+        await self.refresh_gauges()
+        return draining
+
+    async def get(self, node_id: str) -> NodeRecord:
+        record = await self._store.get(node_id)
+        if record is None:
+            raise NodeNotFound(f"no node {node_id}")
+        return record
+
+    async def list(self, states: Sequence[NodeState] = ()) -> list[NodeRecord]:
+        return await self._store.list(states)
+
+    # --- background work ------------------------------------------------------------------
+
+    def busy(self, node_id: str) -> bool:
+        """Whether a launch or terminate task owns the node now."""
+        return node_id in self._current
+
+    def resume_bring_up(self, record: NodeRecord) -> None:
+        """Waits again for the /health of a node a previous run left launching or ready."""
+        self._run(record.id, self._bring_up(record, self._provider(record), launch=False))
+
+    def resume_retire(self, record: NodeRecord) -> None:
+        """Drains (if it got traffic) and terminates a node already marked draining."""
+        self._stopping.add(record.id)
+        drain = record.previous_state in (None, NodeState.READY, NodeState.DRAINING)
+        self._run(record.id, self._retire(record.id, self._current.get(record.id), drain))
+
+    async def fail(
+        self, record: NodeRecord, reason: str, allowed_from: Sequence[NodeState] = LIVE_STATES
+    ) -> None:
+        """Marks the node failed, ends whatever remains of it, takes it out of the scheduler."""
+        failed = await self._store.transition(record.id, allowed_from, NodeState.FAILED, reason)
+        if failed is None:
+            return
+        log.warning("node %s: failed: %s", record.id, reason)
+        await self._provider(failed).terminate(failed.id, failed.provider_handle)
+        if failed.previous_state in (NodeState.READY, NodeState.DRAINING):
+            await self.deregister_quietly(failed.id)
+        await self.refresh_gauges()
+
+    async def shutdown(self) -> None:
+        """Cancels the background tasks, ends the nodes that must not outlive this process and
+        marks them terminated (nodes it merely adopted keep running)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for provider in self._providers:
+            ended = await provider.shutdown()
+            await asyncio.gather(*(self._mark_ended(node_id) for node_id in ended))
+        await self.refresh_gauges()
+
+    async def refresh_gauges(self) -> None:
+        self._metrics.set_node_counts(await self._store.count_by_state())
+
+    async def register_quietly(self, record: NodeRecord) -> None:
+        try:
+            await self._scheduler.register(record)
+            log.info("node %s: registered with the scheduler", record.id)
+        except grpc.aio.AioRpcError as err:
+            # The heartbeat loop registers it once the scheduler answers.
+            log.warning("node %s: cannot register with the scheduler: %s", record.id, err.code())
+
+    async def deregister_quietly(self, node_id: str) -> None:
+        try:
+            await self._scheduler.deregister(node_id, timeout_s=QUICK_CALL_S)
+        except grpc.aio.AioRpcError as err:
+            log.warning("node %s: cannot deregister from the scheduler: %s", node_id, err.code())
+
+    def _provider(self, record: NodeRecord) -> NodeProvider:
+        provider = self._providers.get(record.provider)
+        if provider is None:
+            raise LookupError(f"node {record.id} has unknown provider {record.provider}")
+        return provider
+
+    def _run(self, node_id: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"node {node_id}")
+        self._current[node_id] = task
+        self._tasks.add(task)
+
+        def forget(done: asyncio.Task[None]) -> None:
+            self._tasks.discard(done)
+            if self._current.get(node_id) is done:
+                del self._current[node_id]
+
+        task.add_done_callback(forget)
+
+    async def _mark_ended(self, node_id: str) -> None:
+        await self.deregister_quietly(node_id)
+        await self._store.transition(node_id, LIVE_STATES, NodeState.TERMINATED)
+        log.info("node %s: terminated with the orchestrator", node_id)
+
+    async def _bring_up(self, record: NodeRecord, provider: NodeProvider, launch: bool) -> None:
+        started = time.monotonic()
+        try:
+            outcome = await self._launch_and_wait(record, provider, launch)
+        except asyncio.CancelledError:
+            self._metrics.launches.labels(provider.name, "cancelled").inc()
+            raise
+        except Exception:
+            log.exception("node %s: launch failed", record.id)
+            await self.fail(record, "internal error while launching")
+            outcome = "failed"
+        self._metrics.launches.labels(provider.name, outcome).inc()
+        if outcome == "ready":
+            self._metrics.launch_duration.labels(provider.name).observe(time.monotonic() - started)
+
+    async def _launch_and_wait(
+        self, record: NodeRecord, provider: NodeProvider, launch: bool
+    ) -> str:
+        if launch:
+            try:
+                launched = await provider.launch(record.spec)
+            except LaunchError as err:
+                await self.fail(record, str(err))
+                return "failed"
+            record = (
+                await self._store.set_launched(record.id, launched.endpoint, launched.handle)
+                or record
+            )
+        unhealthy = await self._wait_healthy(record, provider)
+        if unhealthy is not None:
+            if unhealthy.outcome != "cancelled":
+                await self.fail(record, unhealthy.reason, (NodeState.LAUNCHING, NodeState.READY))
+            return unhealthy.outcome
+        # In the scheduler's rotation first, so that a node seen READY here takes traffic (a
+        # terminate crossing this deregisters it).
+        await self.register_quietly(record)
+        ready = await self._store.transition(
+            record.id, (NodeState.LAUNCHING, NodeState.READY), NodeState.READY
+        )
+        if ready is None:
+            return "cancelled"
+        log.info("node %s: ready at %s", ready.id, ready.endpoint)
+        await self.refresh_gauges()
+        return "ready"
+
+    async def _wait_healthy(self, record: NodeRecord, provider: NodeProvider) -> _Unhealthy | None:
+        timeout_s = self._settings.launch_timeout_s
+        deadline = time.monotonic() + timeout_s
+        while record.id not in self._stopping:
+            if await self._probe.is_healthy(record.endpoint):
+                return None
+            status = await provider.status(record.id, record.provider_handle)
+            if not status.alive:
+                return _Unhealthy("failed", f"{status.reason} before /health answered")
+            if time.monotonic() >= deadline:
+                return _Unhealthy("timeout", f"/health did not answer within {timeout_s:g}s")
+            await asyncio.sleep(self._settings.health_poll_interval_s)
+        return _Unhealthy("cancelled", "terminated while launching")
+
+    async def _retire(
+        self, node_id: str, launching: asyncio.Task[None] | None, drain: bool
+    ) -> None:
+        if launching is not None:
+            await asyncio.wait([launching])
+        try:
+            record = await self.get(node_id)
+            if drain:
+                await self._drain(node_id)
+            await self._provider(record).terminate(node_id, record.provider_handle)
+            await self.deregister_quietly(node_id)
+            if await self._store.transition(node_id, (NodeState.DRAINING,), NodeState.TERMINATED):
+                log.info("node %s: terminated", node_id)
+            await self.refresh_gauges()
+        except Exception:
+            log.exception("node %s: terminate failed; it stays draining", node_id)
+        finally:
+            self._stopping.discard(node_id)
+
+    async def _drain(self, node_id: str) -> None:
+        """Stops new traffic, then waits until the scheduler counts nothing in flight on the
+        node (or DRAIN_TIMEOUT_S passes)."""
+        deadline = time.monotonic() + self._settings.drain_timeout_s
+        drained = warned = False
+        while True:
+            try:
+                if not drained and not await self._scheduler.drain(node_id):
+                    return  # the scheduler does not know it: it gets no traffic
+                drained = True
+                in_flight = await self._scheduler.in_flight(node_id)
+                if not in_flight:
+                    return
+            except grpc.aio.AioRpcError as err:
+                if not warned:
+                    log.warning("node %s: scheduler failed while draining: %s", node_id, err.code())
+                warned = True
+            if time.monotonic() >= deadline:
+                log.warning("node %s: drain timed out; terminating anyway", node_id)
+                return
+            await asyncio.sleep(self._settings.health_poll_interval_s)

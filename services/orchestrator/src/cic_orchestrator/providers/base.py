@@ -1,0 +1,71 @@
+"""The interface every node provider implements.
+
+A provider turns a checked :class:`NodeSpec` into a running vLLM server and can find it again
+from the JSON ``handle`` it returned (stored with the node), across orchestrator restarts.
+Health checks, state and the scheduler are the lifecycle manager's business, not the provider's.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cic_orchestrator.nodes import NodeSpec
+
+
+class LaunchError(Exception):
+    """A provider could not start a node; the message becomes the node's failure reason."""
+
+
+@dataclass(frozen=True)
+class LaunchedNode:
+    endpoint: str  # base URL of the node's OpenAI server, e.g. http://127.0.0.1:8000
+    handle: dict[str, Any] = field(default_factory=dict)  # JSON, stored as provider_handle
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    alive: bool
+    reason: str = ""  # why it is not alive
+
+
+ALIVE = NodeStatus(alive=True)
+
+
+class NodeProvider(abc.ABC):
+    """Launches and terminates nodes of one kind."""
+
+    name: str  # stored as the node's provider
+
+    @abc.abstractmethod
+    def serves_cloud(self, cloud: str) -> bool:
+        """Whether LaunchNode's ``cloud`` selects this provider."""
+
+    @abc.abstractmethod
+    def check_vllm_args(self, args: Sequence[str]) -> list[str]:
+        """Checks server flags against what this provider allows; returns them normalised.
+        Raises :class:`~cic_orchestrator.nodes.InvalidNodeRequest` naming a bad flag."""
+
+    @abc.abstractmethod
+    async def launch(self, spec: NodeSpec) -> LaunchedNode:
+        """Starts the node and returns at once (before it is healthy); raises LaunchError."""
+
+    @abc.abstractmethod
+    async def status(self, node_id: str, handle: Mapping[str, Any]) -> NodeStatus:
+        """Whether the node's machine or process still runs (not whether it is healthy)."""
+
+    @abc.abstractmethod
+    async def terminate(self, node_id: str, handle: Mapping[str, Any]) -> None:
+        """Stops the node and frees what it holds; does nothing for a node already gone."""
+
+    @abc.abstractmethod
+    async def reclaim(self, node_id: str, handle: Mapping[str, Any]) -> bool:
+        """At start-up, for a live node that a previous run left: True if this run can manage it
+        again; False if it is lost (whatever remains of it has been cleaned up)."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> list[str]:
+        """The orchestrator stops: ends what must not outlive it and returns those node ids
+        (nodes on other machines outlive the orchestrator and are left running)."""

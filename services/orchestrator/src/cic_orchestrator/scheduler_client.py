@@ -1,0 +1,78 @@
+"""The scheduler as the orchestrator uses it: register, heartbeat, drain and deregister nodes."""
+
+from __future__ import annotations
+
+import grpc
+
+from cic.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from cic_common.grpc_client import create_channel
+from cic_orchestrator.nodes import NodeRecord
+
+# Codes that mean "the scheduler cannot be reached now" rather than "it said no".
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def is_unreachable(err: grpc.aio.AioRpcError) -> bool:
+    return err.code() in UNREACHABLE
+
+
+class SchedulerClient:
+    """Raises ``grpc.aio.AioRpcError`` for anything but the NOT_FOUND answers it maps to False."""
+
+    def __init__(self, address: str, timeout_s: float = 5.0) -> None:
+        self._channel = create_channel(address, default_timeout_s=timeout_s)
+        self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def register(self, node: NodeRecord) -> None:
+        """Adds the node to the scheduler's rotation as READY (an update if it is known)."""
+        labels = {"provider": node.provider, "cloud": node.cloud, "accelerators": node.accelerators}
+        await self._stub.RegisterNode(
+            scheduler_pb2.RegisterNodeRequest(
+                id=node.id,
+                model=node.model,
+                endpoint=node.endpoint,
+                state=scheduler_pb2.NODE_STATE_READY,
+                labels={k: v for k, v in labels.items() if v},
+            )
+        )
+
+    async def heartbeat(self, node_id: str) -> bool:
+        """False when the scheduler does not know the node."""
+        return await self._unless_not_found(
+            self._stub.Heartbeat(scheduler_pb2.HeartbeatRequest(node_id=node_id))
+        )
+
+    async def drain(self, node_id: str) -> bool:
+        """False when the scheduler does not know the node."""
+        return await self._unless_not_found(
+            self._stub.DrainNode(scheduler_pb2.DrainNodeRequest(node_id=node_id))
+        )
+
+    async def deregister(self, node_id: str, timeout_s: float | None = None) -> None:
+        """Removes the node; a node the scheduler does not know is fine."""
+        await self._unless_not_found(
+            self._stub.DeregisterNode(
+                scheduler_pb2.DeregisterNodeRequest(node_id=node_id), timeout=timeout_s
+            )
+        )
+
+    async def in_flight(self, node_id: str) -> int | None:
+        """Requests in flight on the node, or None when the scheduler does not know it."""
+        reply = await self._stub.ListNodes(scheduler_pb2.ListNodesRequest())
+        for node in reply.nodes:
+            if node.id == node_id:
+                return int(node.in_flight)
+        return None
+
+    @staticmethod
+    async def _unless_not_found(call: grpc.aio.UnaryUnaryCall) -> bool:
+        try:
+            await call
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True

@@ -1,0 +1,120 @@
+"""Checks on what callers send: model names, accelerators, endpoints and server flags.
+
+Anything that may end up on a command line or in a provider's task is checked here against a
+narrow pattern, so that no value can break out of the command it is put in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from cic_orchestrator.nodes import InvalidNodeRequest
+
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
+_ACCELERATORS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}:[1-9][0-9]?$")
+_CLOUD = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_HOST = re.compile(r"^(?:[0-9a-f:.]+|[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)$")
+_FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]{0,63}$")
+_NUMBER = re.compile(r"^-?(?:\d{1,12}(?:\.\d{1,12})?|\.\d{1,12})$")
+_INTEGER = re.compile(r"^\d{1,12}$")
+
+# Checks one flag's value; returns a message when it is wrong.
+ValueCheck = Callable[[str], str | None]
+
+
+def check_model(model: str) -> str:
+    if not _MODEL.match(model):
+        raise InvalidNodeRequest(
+            "model must be 1-128 characters of letters, digits and . _ / : - "
+            "starting with a letter or digit"
+        )
+    return model
+
+
+def check_accelerators(accelerators: str) -> str:
+    """``NAME:COUNT`` (e.g. ``H100:1``), or empty when the provider needs none."""
+    if accelerators and not _ACCELERATORS.match(accelerators):
+        raise InvalidNodeRequest("accelerators must look like NAME:COUNT, e.g. H100:1")
+    return accelerators
+
+
+def check_cloud(cloud: str) -> str:
+    if cloud and not _CLOUD.match(cloud):
+        raise InvalidNodeRequest("cloud must be 1-32 lowercase letters, digits and -, e.g. local")
+    return cloud
+
+
+def check_endpoint(endpoint: str) -> str:
+    """An ``http(s)://host[:port]`` base URL without path, query or credentials; returned
+    without a trailing slash."""
+    message = "endpoint must be a base URL like http://10.0.0.5:8000"
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise InvalidNodeRequest(message) from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not _HOST.match(parts.hostname or "")
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        raise InvalidNodeRequest(message)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def number(minimum: float | None = None, maximum: float | None = None) -> ValueCheck:
+    def check(value: str) -> str | None:
+        if not _NUMBER.match(value):
+            return "needs a number"
+        if (minimum is not None and float(value) < minimum) or (
+            maximum is not None and float(value) > maximum
+        ):
+            return f"must be between {minimum:g} and {maximum:g}"
+        return None
+
+    return check
+
+
+def whole_number(minimum: int = 0) -> ValueCheck:
+    def check(value: str) -> str | None:
+        if not _INTEGER.match(value):
+            return "needs a whole number"
+        return None if int(value) >= minimum else f"must be at least {minimum}"
+
+    return check
+
+
+def check_flag_args(args: Sequence[str], allowed: Mapping[str, ValueCheck]) -> list[str]:
+    """Checks server flags given as ``--flag=value`` or ``--flag value`` against ``allowed``
+    (flag → value check); returns them as ``--flag=value`` items."""
+    checked: list[str] = []
+    position = 0
+    while position < len(args):
+        item = args[position]
+        flag, has_value, value = item.partition("=")
+        if not _FLAG.match(flag):
+            raise InvalidNodeRequest(f"vllm arg {_quote(item)} is not a --flag")
+        if flag not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise InvalidNodeRequest(f"vllm arg {flag} is not allowed (allowed: {names})")
+        if not has_value:
+            if position + 1 >= len(args):
+                raise InvalidNodeRequest(f"vllm arg {flag} needs a value")
+            position += 1
+            value = args[position]
+        problem = allowed[flag](value)
+        if problem:
+            raise InvalidNodeRequest(f"vllm arg {flag} {problem}, got {_quote(value)}")
+        checked.append(f"{flag}={value}")
+        position += 1
+    return checked
+
+
+def _quote(value: str) -> str:
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    return repr(shown)

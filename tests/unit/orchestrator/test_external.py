@@ -1,0 +1,69 @@
+"""RegisterNode: adopting a server that already runs, and retiring it without stopping it."""
+
+import grpc
+import pytest
+
+from cic.orchestrator.v1 import orchestrator_pb2 as pb
+from tests.support.net import free_port
+from tests.unit.orchestrator.conftest import Orchestrator, answers, eventually, now
+
+
+async def test_register_adopts_then_terminate_leaves_it_running(
+    orchestrator: Orchestrator, scheduler, running_server: str
+) -> None:
+    reply = await orchestrator.stub.RegisterNode(
+        pb.RegisterNodeRequest(endpoint=running_server + "/", model="cic-sim-small")
+    )
+    node = reply.node
+    assert node.state == pb.NODE_STATE_LAUNCHING
+    assert (node.provider, node.endpoint, node.model) == (
+        "external",
+        running_server,
+        "cic-sim-small",
+    )
+    await orchestrator.wait_state(node.id, pb.NODE_STATE_READY)
+    await eventually(now(lambda: node.id in scheduler.nodes), "registration")
+    assert scheduler.nodes[node.id].endpoint == running_server
+    assert scheduler.nodes[node.id].labels["provider"] == "external"
+
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await orchestrator.stub.RegisterNode(
+            pb.RegisterNodeRequest(endpoint=running_server, model="cic-sim-small")
+        )
+    assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    reply = await orchestrator.stub.TerminateNode(pb.TerminateNodeRequest(node_id=node.id))
+    assert reply.node.state == pb.NODE_STATE_DRAINING
+    await orchestrator.wait_state(node.id, pb.NODE_STATE_TERMINATED)
+    assert scheduler.methods_for(node.id)[-2:] == ["DrainNode", "DeregisterNode"]
+    assert node.id not in scheduler.nodes
+    assert await answers(running_server)
+
+
+async def test_register_of_a_server_that_never_answers_fails(start_orchestrator, scheduler) -> None:
+    orchestrator = await start_orchestrator(LAUNCH_TIMEOUT_S="0.5")
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    reply = await orchestrator.stub.RegisterNode(
+        pb.RegisterNodeRequest(endpoint=endpoint, model="m")
+    )
+    node = await orchestrator.wait_state(reply.node.id, pb.NODE_STATE_FAILED)
+    assert node.failure_reason == "/health did not answer within 0.5s"
+    assert scheduler.methods_for(node.id) == []
+    await eventually(now(lambda: orchestrator.launches("external", "timeout") == 1), "counted")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "model", "message"),
+    [
+        ("10.0.0.5:8000", "m", "endpoint must be"),
+        ("http://10.0.0.5:8000/v1", "m", "endpoint must be"),
+        ("http://10.0.0.5:8000", "", "model must be"),
+    ],
+)
+async def test_register_refuses_bad_input(
+    orchestrator: Orchestrator, endpoint: str, model: str, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await orchestrator.stub.RegisterNode(pb.RegisterNodeRequest(endpoint=endpoint, model=model))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in refused.value.details()
