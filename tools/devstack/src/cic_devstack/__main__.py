@@ -107,7 +107,14 @@ def _banner(stack: Stack, token: str, key: str) -> str:
 
 
 async def _watch(stack: Stack, stop: asyncio.Event) -> None:
+    """Stops on a signal, when a service dies, or when our parent goes away (`make` does not
+    pass its SIGTERM on to the command it runs)."""
+    parent = os.getppid()
     while not stop.is_set():
+        if os.getppid() != parent:
+            print("[dev] parent process gone; stopping")
+            stop.set()
+            return
         for proc in stack.processes.values():
             if not proc.running:
                 print(f"[dev] {proc.name} exited with code {proc.returncode}; stopping")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,8 @@ def embedded_postgres(folder: Path) -> Iterator[str]:
     """Runs PostgreSQL with its data in ``folder`` (kept between runs); yields its URL."""
     import pgserver
 
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o777)  # noqa: S103 (as root, pgserver runs postgres as its own user)
+    # pgserver creates the folder and, run as root, hands it to its own OS user.
+    folder.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(folder), cleanup_mode="stop")
     try:
         yield server.get_uri()
