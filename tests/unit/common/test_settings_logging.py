@@ -8,7 +8,14 @@ import pytest
 from pydantic import Field
 
 from cic_common.logging import RedactingFilter, configure_logging, redact
-from cic_common.settings import GrpcServiceSettings, SettingsError, parse_settings
+from cic_common.settings import (
+    GrpcServiceSettings,
+    HostPort,
+    PostgresUrl,
+    RedisUrl,
+    SettingsError,
+    parse_settings,
+)
 
 
 class _Settings(GrpcServiceSettings):
@@ -94,3 +101,31 @@ def test_json_log_lines_are_redacted_including_args_and_tracebacks(root_logger_r
     assert lines[0]["service"] == "test-svc" and lines[0]["level"] == "INFO"
     assert key not in stream.getvalue()
     assert any(isinstance(f, RedactingFilter) for f in handler.filters)
+
+
+class _Urls(GrpcServiceSettings):
+    database_url: PostgresUrl
+    redis_url: RedisUrl
+    peer_addr: HostPort
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DATABASE_URL": "mysql://u:hunter2@h/db"}, "DATABASE_URL is invalid"),
+        ({"REDIS_URL": "http://h"}, "REDIS_URL is invalid"),
+        ({"PEER_ADDR": "h:99999"}, "PEER_ADDR is invalid"),
+        ({"PEER_ADDR": "no-port"}, "PEER_ADDR is invalid"),
+    ],
+)
+def test_shared_url_types_refuse_bad_values_without_echoing_them(env, message) -> None:
+    good = {
+        "DATABASE_URL": "postgresql://h/db",
+        "REDIS_URL": "unix:///tmp/r.sock",
+        "PEER_ADDR": "[::1]:5",
+    }
+    with pytest.raises(SettingsError) as err:
+        parse_settings(_Urls, {**good, **env})
+    assert str(err.value).startswith(message)
+    assert "hunter2" not in str(err.value)
+    assert parse_settings(_Urls, good).peer_addr == "[::1]:5"

@@ -6,15 +6,42 @@ Each service declares a frozen subclass of :class:`ServiceSettings` and calls
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 
 class SettingsError(ValueError):
     """A setting is missing or bad; the message is one line that names the variable."""
+
+
+_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
+
+
+def _url_with_scheme(*schemes: str) -> AfterValidator:
+    def check(value: str) -> str:
+        # The message never repeats the value: a URL may hold a password.
+        if urlsplit(value).scheme not in schemes:
+            raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _host_port(value: str) -> str:
+    match = _HOST_PORT.match(value)
+    if not match or not 0 < int(match.group(1)) < 65536:
+        raise ValueError("must be host:port")
+    return value
+
+
+PostgresUrl = Annotated[str, _url_with_scheme("postgresql", "postgres")]
+RedisUrl = Annotated[str, _url_with_scheme("redis", "rediss", "unix")]
+HostPort = Annotated[str, AfterValidator(_host_port)]
 
 
 class ServiceSettings(BaseModel):

@@ -13,10 +13,7 @@ import os
 from aiohttp import web
 
 from cic_common import runtime
-from cic_common.logging import configure_logging
-from cic_common.metrics import start_metrics_server
 from cic_common.settings import load_settings
-from cic_common.tracing import setup_tracing
 from cic_gateway.app import create_app, create_runner
 from cic_gateway.config import GatewaySettings
 from cic_gateway.resources import LIFECYCLE
@@ -42,17 +39,7 @@ async def serve(settings: GatewaySettings) -> None:
 
 
 def main() -> None:
-    settings = load_settings(GatewaySettings, os.environ)
-    configure_logging(settings.log_level, settings.log_format, "gateway")
-    tracer = setup_tracing("gateway", os.environ)
-    start_metrics_server(settings.metrics_port)
-    try:
-        runtime.run(lambda: serve(settings))
-    except Exception as err:  # e.g. Postgres unreachable at start, or the port already taken
-        log.error("gateway failed: %s: %s", type(err).__name__, err)
-        raise SystemExit(1) from None
-    finally:
-        tracer.shutdown()
+    runtime.run_service("gateway", load_settings(GatewaySettings, os.environ), serve)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,7 @@ import os
 from collections.abc import Sequence
 
 from cic_common import runtime
-from cic_common.logging import configure_logging
-from cic_common.metrics import start_metrics_server
 from cic_common.settings import load_settings
-from cic_common.tracing import setup_tracing
 from cic_orchestrator.config import Settings
 from cic_orchestrator.server import create_service
 
@@ -34,14 +31,7 @@ async def serve(settings: Settings) -> None:
 
 
 def _serve_command(_args: argparse.Namespace) -> int:
-    settings = load_settings(Settings, os.environ)
-    configure_logging(settings.log_level, settings.log_format, "orchestrator")
-    tracer_provider = setup_tracing("cic-orchestrator", os.environ)
-    start_metrics_server(settings.metrics_port)
-    try:
-        runtime.run(lambda: serve(settings))
-    finally:
-        tracer_provider.shutdown()
+    runtime.run_service("orchestrator", load_settings(Settings, os.environ), serve)
     return 0
 
 

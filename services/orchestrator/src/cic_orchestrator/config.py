@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import shlex
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from cic_common.settings import GrpcServiceSettings
+from cic_common.settings import GrpcServiceSettings, HostPort, PostgresUrl
 
-_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 # Providers that LaunchNode can use, by the name NODE_PROVIDERS lists them under.
 KNOWN_PROVIDERS = ("local",)
 
@@ -18,8 +15,8 @@ KNOWN_PROVIDERS = ("local",)
 class Settings(GrpcServiceSettings):
     """``DATABASE_URL`` and ``SCHEDULER_ADDR`` are required; every other setting has a default."""
 
-    database_url: str
-    scheduler_addr: str
+    database_url: PostgresUrl
+    scheduler_addr: HostPort
     grpc_port: int = Field(default=50053, ge=0, le=65535)
     metrics_port: int = Field(default=9103, ge=0, le=65535)
     # Comma-separated providers LaunchNode may use (see KNOWN_PROVIDERS).
@@ -34,22 +31,6 @@ class Settings(GrpcServiceSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
     # A draining node is terminated when its in-flight count reaches 0 or after this long.
     drain_timeout_s: float = Field(default=300.0, ge=0, le=86400)
-
-    @field_validator("database_url")
-    @classmethod
-    def _postgres_url(cls, value: str) -> str:
-        # The message never repeats the value: it may hold a password.
-        if urlsplit(value).scheme not in ("postgresql", "postgres"):
-            raise ValueError("must start with postgresql:// or postgres://")
-        return value
-
-    @field_validator("scheduler_addr")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        match = _HOST_PORT.match(value)
-        if not match or not 0 < int(match.group(1)) < 65536:
-            raise ValueError("must be host:port")
-        return value
 
     @field_validator("node_providers")
     @classmethod
