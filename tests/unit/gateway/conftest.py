@@ -17,6 +17,7 @@ from cic_common.settings import parse_settings
 from cic_gateway.app import create_app, create_runner
 from cic_gateway.config import GatewaySettings
 from tests.unit.gateway.fakes import FakeServices
+from tests.unit.gateway.sims import SimFarm
 from tests.unit.gateway.upstream import FakeNode
 
 MODEL = "test-model"
@@ -83,6 +84,14 @@ async def node() -> AsyncIterator[FakeNode]:
     await fake.start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[SimFarm]:
+    """Simulated vLLM nodes started by the test (``await sims.start(...)``), stopped after."""
+    farm = SimFarm()
+    yield farm
+    await farm.close()
 
 
 StartGateway = Callable[..., Any]

@@ -32,6 +32,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self) -> None:
         self.nodes: list[scheduler_pb2.Node] = []
         self.picks: list[str] = []
+        self.excluded: list[list[str]] = []
         self.releases: list[Release] = []
         self._lease_ids = itertools.count(1)
         self._released = asyncio.Condition()
@@ -49,7 +50,12 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         nodes = [n for n in self.nodes if n.model == request.model]
         if not nodes:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model}")
-        ready = [n for n in nodes if n.state == scheduler_pb2.NODE_STATE_READY]
+        self.excluded.append(list(request.exclude_node_ids))
+        ready = [
+            n
+            for n in nodes
+            if n.state == scheduler_pb2.NODE_STATE_READY and n.id not in request.exclude_node_ids
+        ]
         if not ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no ready node for {request.model}")
         return scheduler_pb2.PickNodeResponse(

@@ -13,7 +13,7 @@ from cic_gateway.admin_auth import audit_detail
 from cic_gateway.errors import ApiError, not_found
 from cic_gateway.jsonio import json_response, read_json_object, validated
 from cic_gateway.keys import generate_key
-from cic_gateway.resources import DB, KEYS
+from cic_gateway.resources import DB, KEYS, REVOCATIONS
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -127,6 +127,7 @@ async def update_tenant(request: web.Request) -> web.Response:
     if updated is None:
         raise not_found(f"No tenant with id '{tenant['id']}'.")
     request.app[KEYS].forget_tenant(tenant["id"])
+    await request.app[REVOCATIONS].tenant_changed(tenant["id"])  # every other replica too
     return json_response(tenant_json(updated))
 
 
@@ -161,4 +162,5 @@ async def revoke_key(request: web.Request) -> web.Response:
     if row is None:
         raise not_found(f"No API key with id '{key_id}'.")
     request.app[KEYS].forget_key(key_id)
+    await request.app[REVOCATIONS].key_revoked(key_id)  # every other replica too
     return web.Response(status=204)

@@ -9,11 +9,11 @@ import hmac
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from cic_gateway import store
-from cic_gateway.errors import error_response
+from cic_gateway.errors import DEPENDENCY_ERRORS, error_response
 from cic_gateway.keys import bearer_token
 from cic_gateway.request_keys import AUDIT_DETAIL
 from cic_gateway.resources import DB, SETTINGS
@@ -53,7 +53,8 @@ def audit_detail(request: web.Request) -> dict[str, Any]:
 
 @web.middleware
 async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not is_admin_request(request):
+    # A CORS preflight carries no credentials and reaches no admin handler (see cors.py).
+    if request.method == hdrs.METH_OPTIONS or not is_admin_request(request):
         return await handler(request)
     expected = request.app[SETTINGS].admin_api_token.get_secret_value()
     presented = _presented_token(request)
@@ -85,10 +86,17 @@ async def _audit(request: web.Request, actor: str, status: int) -> None:
             request.app[DB],
             actor=actor,
             method=request.method,
-            path=request.path[:_MAX_PATH_CHARS],
+            path=request.rel_url.raw_path[:_MAX_PATH_CHARS],  # as sent: never a NUL
             status=status,
             source=request.remote,
             detail=request.get(AUDIT_DETAIL) or {},
+        )
+    except DEPENDENCY_ERRORS as err:  # Postgres is down: the call was answered 503 already
+        log.warning(
+            "could not write the audit row for %s %s: %s",
+            request.method,
+            request.path,
+            type(err).__name__,
         )
     except Exception:
         log.exception("could not write the audit row for %s %s", request.method, request.path)

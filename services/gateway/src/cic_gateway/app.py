@@ -5,11 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from cic_gateway import resources
+from cic_gateway import health, resources
 from cic_gateway.admin_auth import admin_guard
 from cic_gateway.config import GatewaySettings
+from cic_gateway.cors import setup_cors
 from cic_gateway.metrics import GatewayMetrics
 from cic_gateway.middleware import add_request_id_header, openai_errors, request_context
+from cic_gateway.openapi import setup_openapi
+from cic_gateway.ratelimit import add_rate_limit_headers
 from cic_gateway.resources import LIFECYCLE, METRICS, SETTINGS, Lifecycle
 from cic_gateway.routes import setup_routes
 
@@ -30,13 +33,19 @@ def create_app(
         [
             resources.postgres_ctx,
             resources.redis_ctx,
+            resources.ratelimit_ctx,
+            resources.revocations_ctx,
             resources.grpc_ctx,
             resources.usage_ctx,
             resources.upstream_ctx,
+            health.dependency_probes_ctx,
         ]
     )
     app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(add_rate_limit_headers)
     setup_routes(app)
+    setup_openapi(app)
+    setup_cors(app, settings.cic_cors_origins)  # after every route is added
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 
 from cic_common.settings import HostPort, PostgresUrl, RedisUrl, ServiceSettings
+from cic_gateway.cors import CorsOrigins
 
 MIN_ADMIN_TOKEN_CHARS = 32
 
@@ -22,6 +23,8 @@ class GatewaySettings(ServiceSettings):
     billing_addr: HostPort
     orchestrator_addr: HostPort
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
+    # Browser origins allowed by CORS (comma-separated; empty: none, `*`: any).
+    cic_cors_origins: CorsOrigins = ()
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0, le=600)
     # Time allowed between two reads from a node (a long generation is fine while tokens flow).
     upstream_read_timeout_s: float = Field(default=600.0, gt=0, le=86400)
@@ -29,6 +32,23 @@ class GatewaySettings(ServiceSettings):
     key_cache_ttl_s: float = Field(default=5.0, gt=0, le=5)
     # Usage events are sent to billing in batches at least this often.
     usage_flush_interval_s: float = Field(default=0.25, gt=0, le=60)
+    # Prefix of every Redis key and pub/sub channel the gateway uses (rate limits, revocations).
+    redis_key_prefix: str = Field(default="cic:", max_length=100, pattern=r"^[A-Za-z0-9_.:\-]*$")
+    # Per-minute limits for keys and tenants whose row has none; 0 = unlimited.
+    default_key_rpm: int = Field(default=0, ge=0, le=1_000_000_000)
+    default_key_tpm: int = Field(default=0, ge=0, le=1_000_000_000)
+    default_tenant_rpm: int = Field(default=0, ge=0, le=1_000_000_000)
+    default_tenant_tpm: int = Field(default=0, ge=0, le=1_000_000_000)
+    # Completion tokens reserved for a request that sets no max_tokens.
+    default_max_tokens_estimate: int = Field(default=256, ge=0, le=10_000_000)
+    # With Redis down: serve without rate limits (true) or answer 503 (false).
+    rate_limit_fail_open: bool = True
+    # The longest a request waits for Redis's rate-limit answer.
+    rate_limit_redis_timeout_s: float = Field(default=0.5, gt=0, le=10)
+    # Deadline of a call to the scheduler, billing or the orchestrator that sets none itself.
+    grpc_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    # How often Postgres, Redis, the scheduler and billing are probed (cic_gateway_dependency_up).
+    dependency_probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("admin_api_token")
     @classmethod

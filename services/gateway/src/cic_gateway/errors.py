@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import asyncpg
 import grpc
 import orjson
+import redis.exceptions
 from aiohttp import web
 
 log = logging.getLogger(__name__)
@@ -140,3 +142,24 @@ def from_grpc_error(err: grpc.aio.AioRpcError, service: str) -> ApiError:
         else f"The {service} refused the call."
     )
     return ApiError(status, message, type=kind, code=short)
+
+
+# Postgres or Redis out of reach (a closed pool, a refused, dropped or timed-out connection):
+# the caller gets 503 and may retry, never a 500 with a traceback.
+DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
+def service_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "The service is temporarily unavailable; try again shortly.",
+        type=SERVER_ERROR,
+        code="service_unavailable",
+    )

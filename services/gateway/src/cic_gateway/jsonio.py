@@ -43,8 +43,30 @@ async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]
     return raw, parsed
 
 
+def _nul_at(value: Any, where: str = "") -> str | None:
+    """Where ``value`` holds a NUL character (in a key or a string), if anywhere."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list):
+        pairs = list(enumerate(value))
+    else:
+        return None
+    for key, item in pairs:
+        inner = f"{where}.{key}" if where else str(key)
+        found = inner if "\x00" in str(key) else _nul_at(item, inner)
+        if found is not None:
+            return found
+    return None
+
+
 def validated(model: type[M], data: dict[str, Any]) -> M:
-    """``data`` as ``model``, or a 400 naming the first bad field."""
+    """``data`` as ``model``, or a 400 naming the first bad field. No string may hold a NUL
+    character: Postgres text cannot store one."""
+    nul = _nul_at(data)
+    if nul is not None:
+        raise bad_request(f"{nul}: must not contain NUL characters", param=nul)
     try:
         return model.model_validate(data)
     except ValidationError as err:

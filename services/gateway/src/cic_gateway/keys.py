@@ -2,8 +2,8 @@
 up through a short-lived in-process cache so that most requests never touch Postgres.
 
 The cache's time-to-live bounds how long a revoked key or a suspended tenant keeps working on
-another replica; the replica that revokes drops the key from its own cache at once. (Issue 3
-adds a Redis pub/sub message that makes every replica call :meth:`KeyStore.forget_key` too.)
+another replica; the replica that revokes drops the key from its own cache at once, and a Redis
+pub/sub message makes every other replica do the same (:mod:`cic_gateway.revocation`).
 """
 
 from __future__ import annotations
@@ -107,6 +107,10 @@ class KeyStore:
     def forget_tenant(self, tenant_id: str) -> None:
         """Drops a tenant's keys from this replica's cache (after its status or limits changed)."""
         self._forget(lambda auth: auth.tenant_id == tenant_id)
+
+    def forget_all(self) -> None:
+        """Drops every cached key (after this replica may have missed a revocation message)."""
+        self._cache.clear()
 
     def _forget(self, matches: Callable[[KeyAuth], bool]) -> None:
         stale = [d for d, auth in list(self._cache.items()) if auth is not None and matches(auth)]

@@ -83,3 +83,36 @@ class GatewayMetrics:
             "Usage events waiting to be sent to billing",
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "cic_gateway_rate_limited_total",
+            "Requests refused with 429, by scope (key, tenant) and kind (requests, tokens)",
+            ["scope", "kind"],
+            registry=registry,
+        )
+        self.ratelimit_errors = Counter(
+            "cic_gateway_ratelimit_errors_total",
+            "Rate-limit calls to Redis that failed or were skipped while it was down, by operation"
+            " (check, settle)",
+            ["operation"],
+            registry=registry,
+        )
+        self.key_cache_invalidations = Counter(
+            "cic_gateway_key_cache_invalidations_total",
+            "Revocation messages applied to the key cache, by kind (key, tenant, all)",
+            ["kind"],
+            registry=registry,
+        )
+        self.failovers = Counter(
+            "cic_gateway_failovers_total",
+            "Requests whose node failed before its first byte, by what followed"
+            " (retried on another node, or no_other_node)",
+            ["result"],
+            registry=registry,
+        )
+        self.dependency_up = Gauge(
+            "cic_gateway_dependency_up",
+            "Whether a dependency answered its last probe (1) or not (0),"
+            " by dependency (postgres, redis, scheduler, billing)",
+            ["dependency"],
+            registry=registry,
+        )

@@ -19,10 +19,12 @@ from opentelemetry import propagate, trace
 
 from cic_gateway.errors import (
     CLIENT_CLOSED_REQUEST,
+    DEPENDENCY_ERRORS,
     SERVER_ERROR,
     ApiError,
     error_response,
     from_http_exception,
+    service_unavailable,
 )
 from cic_gateway.request_keys import CLIENT_REQUEST_ID, MODEL_LABEL, REQUEST_ID
 from cic_gateway.resources import METRICS
@@ -107,6 +109,16 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         if exc.status < 400:
             raise
         return from_http_exception(exc, request)
+    except DEPENDENCY_ERRORS as err:
+        if request.transport is None or request.transport.is_closing():
+            raise  # the client went away: nothing to answer
+        log.warning(
+            "%s %s: a dependency is unavailable (%s)",
+            request.method,
+            request.path,
+            type(err).__name__,
+        )
+        return service_unavailable().to_response()
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:

@@ -12,8 +12,9 @@ from aiohttp import web
 from cic_gateway.errors import bad_request, from_grpc_error
 from cic_gateway.jsonio import json_response, read_json_object
 from cic_gateway.proxy import ProxyRequest
+from cic_gateway.request_checks import check_fields
 from cic_gateway.request_keys import REQUEST_ID
-from cic_gateway.resources import KEYS, PROXY, SERVICES
+from cic_gateway.resources import KEYS, LIMITER, PROXY, SERVICES
 from cic_gateway.sse import UsageWish, upstream_stream_options
 
 _MAX_MODEL_CHARS = 256
@@ -53,8 +54,11 @@ async def _forward(request: web.Request, path: str, *, streams: bool) -> web.Str
     auth = await request.app[KEYS].authenticate(request)
     raw, body = await read_json_object(request)
     model = _model_of(body)
+    check_fields(path, body)
     stream = streams and body.get("stream") is True
     upstream_body, wish = _stream_body(body) if stream else (raw, UsageWish(False, False))
+    limiter = request.app[LIMITER]  # before the scheduler is asked for a node
+    reservation = await limiter.admit(request, auth, body, generates=streams)
     call = ProxyRequest(
         request_id=request[REQUEST_ID],
         auth=auth,
@@ -63,8 +67,12 @@ async def _forward(request: web.Request, path: str, *, streams: bool) -> web.Str
         body=upstream_body,
         stream=stream,
         wish=wish,
+        on_usage=reservation.add_usage,
     )
-    return await request.app[PROXY].handle(request, call)
+    try:
+        return await request.app[PROXY].handle(request, call)
+    finally:
+        limiter.settle_soon(reservation)  # with the tokens the node reported (none if no node)
 
 
 async def list_models(request: web.Request) -> web.Response:

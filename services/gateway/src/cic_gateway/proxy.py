@@ -1,9 +1,19 @@
 """Forwarding one inference request to a node the scheduler picked, and relaying the answer.
 
-Every request that got a lease gives it back (``ReleaseNode``) whatever happens, and every
-request that reached a node emits exactly one usage event with the tokens the node reported.
-A client that goes away makes the gateway close the upstream connection at once, which is how
-vLLM learns to abort the generation. (Issue 3 adds retrying on another node.)
+Every lease is given back (``ReleaseNode``) whatever happens, and every request that reached a
+node emits exactly one usage event with the tokens the node reported. A client that goes away
+makes the gateway close the upstream connection at once, which is how vLLM learns to abort the
+generation.
+
+Failover: a node that fails before the client received any byte of the answer (connection
+refused or reset, a 5xx status, a stream that breaks before its first event) is given back as
+``OUTCOME_NODE_ERROR`` and the request goes once more, to another node the scheduler picks with
+the failed one excluded. Once a byte reached the client the request never moves: the client
+gets the node's failure (an error event in a stream). A read timeout is never retried: a slow
+node may still be working on the request, and a retry would double the load and the cost; it
+answers 504. A connect timeout is retried (the node never received the request) and answers
+504 when the retry fails too. The failed attempt produced no tokens, so only the attempt that
+answered is billed.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,6 +56,8 @@ class ProxyRequest:
     body: bytes
     stream: bool
     wish: UsageWish
+    # Told the tokens the node reported (the rate limiter settles its reservation with them).
+    on_usage: Callable[[int, int], None] | None = None
 
 
 @dataclass(slots=True)
@@ -59,13 +72,27 @@ class Exchange:
     reached: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    first_token_at: float | None = None
 
     def ended(self, status: int, outcome: int) -> None:
         self.status, self.outcome = status, outcome
 
+    def moved_to(self, lease: Lease) -> Exchange:
+        """The same request on another node: its clock keeps running, and a request that
+        reached a node before still counts as one that did (one usage event, no tokens)."""
+        return Exchange(lease, self.started_at, self.started, reached=self.reached)
+
 
 class ClientGone(Exception):
     """Writing to the client failed: it closed the connection."""
+
+
+class FailedBeforeFirstByte(Exception):
+    """The node failed before the client received anything: the request may go elsewhere."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _node_failed(message: str, status: int = 502, code: str = "upstream_error") -> ApiError:
@@ -90,14 +117,48 @@ class Proxy:
         request[MODEL_LABEL] = call.model  # a model the scheduler knows: a bounded metric label
         exchange = Exchange(lease)
         try:
-            if call.stream:
-                return await self._relay_stream(request, call, exchange)
-            return await self._relay_unary(call, exchange)
+            try:
+                return await self._attempt(request, call, exchange)
+            except FailedBeforeFirstByte as failure:
+                exchange = await self._fail_over(call, exchange, failure)
+            try:
+                return await self._attempt(request, call, exchange)
+            except FailedBeforeFirstByte as failure:
+                raise failure.error from None
         except asyncio.CancelledError:
             self._client_gone(exchange)
             raise
         finally:
             self._finish(call, exchange)
+
+    async def _attempt(
+        self, request: web.Request, call: ProxyRequest, exchange: Exchange
+    ) -> web.StreamResponse:
+        if call.stream:
+            return await self._relay_stream(request, call, exchange)
+        return await self._relay_unary(call, exchange)
+
+    async def _fail_over(
+        self, call: ProxyRequest, failed: Exchange, failure: FailedBeforeFirstByte
+    ) -> Exchange:
+        """The request on another node, the failed lease given back; raises the failure's own
+        error when no other node can take it."""
+        node_id = failed.lease.node_id
+        try:
+            lease = await self._scheduler.pick(call.model, exclude_node_ids=(node_id,))
+        except ApiError:
+            self._metrics.failovers.labels("no_other_node").inc()
+            raise failure.error from None
+        self._metrics.failovers.labels("retried").inc()
+        log.warning(
+            "node %s failed before its first byte (%s); retrying request %s on node %s",
+            node_id,
+            failure.error.status,
+            call.request_id,
+            lease.node_id,
+        )
+        self._release(failed)
+        return failed.moved_to(lease)
 
     async def _open(self, call: ProxyRequest, exchange: Exchange) -> aiohttp.ClientResponse:
         url = exchange.lease.endpoint + call.path
@@ -108,18 +169,23 @@ class Proxy:
         except aiohttp.ConnectionTimeoutError:
             self._metrics.upstream_errors.labels("connect").inc()
             exchange.ended(504, Outcome.OUTCOME_NODE_ERROR)
-            raise _node_failed(
-                "The node serving this model did not answer in time.", 504, "upstream_timeout"
+            raise FailedBeforeFirstByte(
+                _node_failed(
+                    "The node serving this model did not answer in time.", 504, "upstream_timeout"
+                )
             ) from None
         except aiohttp.ClientConnectorError:
             self._metrics.upstream_errors.labels("connect").inc()
-            raise _node_failed("The node serving this model could not be reached.") from None
+            exchange.ended(502, Outcome.OUTCOME_NODE_ERROR)
+            raise FailedBeforeFirstByte(
+                _node_failed("The node serving this model could not be reached.")
+            ) from None
         except TimeoutError:
             exchange.reached = True
             raise self._timed_out(exchange) from None
         except aiohttp.ClientError:
             exchange.reached = True
-            raise self._reset(exchange) from None
+            raise FailedBeforeFirstByte(self._broken(exchange, "reset")) from None
         exchange.reached = True
         return response
 
@@ -128,8 +194,8 @@ class Proxy:
         exchange.ended(504, Outcome.OUTCOME_NODE_ERROR)
         return _node_failed("The node serving this model timed out.", 504, "upstream_timeout")
 
-    def _reset(self, exchange: Exchange) -> ApiError:
-        self._metrics.upstream_errors.labels("reset").inc()
+    def _broken(self, exchange: Exchange, kind: str) -> ApiError:
+        self._metrics.upstream_errors.labels(kind).inc()
         exchange.ended(502, Outcome.OUTCOME_NODE_ERROR)
         return _node_failed("The node serving this model failed.")
 
@@ -143,7 +209,7 @@ class Proxy:
         except TimeoutError:
             raise self._timed_out(exchange) from None
         except aiohttp.ClientError:
-            raise self._reset(exchange) from None
+            raise FailedBeforeFirstByte(self._broken(exchange, "reset")) from None
         finally:
             upstream.release()  # back to the pool when read to the end, else closed
 
@@ -152,10 +218,8 @@ class Proxy:
     ) -> web.Response:
         """The node's complete answer as the client gets it: as is, unless the node failed."""
         if upstream.status >= 500:
-            self._metrics.upstream_errors.labels("status_5xx").inc()
             log.warning("node %s answered %d", exchange.lease.node_id, upstream.status)
-            exchange.ended(502, Outcome.OUTCOME_NODE_ERROR)
-            raise _node_failed("The node serving this model failed.")
+            raise FailedBeforeFirstByte(self._broken(exchange, "status_5xx"))
         ok = upstream.status < 400
         exchange.ended(
             upstream.status, Outcome.OUTCOME_SUCCESS if ok else Outcome.OUTCOME_CLIENT_ERROR
@@ -178,8 +242,7 @@ class Proxy:
             response = web.StreamResponse(status=200, headers=_STREAM_HEADERS)
             try:
                 exchange.ended(200, Outcome.OUTCOME_NODE_ERROR)
-                await _prepare(response, request)
-                finished = await self._pump(upstream, response, call, exchange)
+                finished = await self._pump(request, upstream, response, call, exchange)
             except ClientGone:
                 self._client_gone(exchange)
             return response
@@ -191,40 +254,41 @@ class Proxy:
 
     async def _pump(
         self,
+        request: web.Request,
         upstream: aiohttp.ClientResponse,
         response: web.StreamResponse,
         call: ProxyRequest,
         exchange: Exchange,
     ) -> bool:
         """Copies events until the node's ``[DONE]``; True when the node's stream ended cleanly.
-        A node failure ends the client's stream with an error event (it already has its 200)."""
+        The client's response starts with the first event, so that a node failing before it
+        can still be answered with a status (and retried); after it, a node failure ends the
+        client's stream with an error event."""
         relay = StreamRelay(call.wish)
-        first_token_seen = False
         try:
             async for data in upstream.content.iter_any():
-                for event in relay.feed(data):
+                events = relay.feed(data)
+                if events and not response.prepared:
+                    await _prepare(response, request)
+                for event in events:
                     await _write(response, event)
-                exchange.prompt_tokens, exchange.completion_tokens = (
-                    relay.prompt_tokens,
-                    relay.completion_tokens,
-                )
-                if relay.first_token_relayed and not first_token_seen:
-                    first_token_seen = True
-                    self._metrics.ttft.labels(call.model).observe(
-                        time.perf_counter() - exchange.started
-                    )
+                exchange.prompt_tokens = relay.prompt_tokens
+                exchange.completion_tokens = relay.completion_tokens
+                if relay.first_token_relayed and exchange.first_token_at is None:
+                    self._first_token(call, exchange)
             if not relay.done:
                 raise BadStream("the stream ended without [DONE]")
         except TimeoutError:
             error = self._timed_out(exchange)
         except (aiohttp.ClientError, BadStream) as err:
             log.warning("stream from node %s broke: %s", exchange.lease.node_id, err)
-            self._metrics.upstream_errors.labels("bad_stream").inc()
-            error = self._reset(exchange)
+            error = self._broken(exchange, "bad_stream")
         else:
             exchange.ended(200, Outcome.OUTCOME_SUCCESS)
             await _write_eof(response)
             return True
+        if not response.prepared:
+            raise error if error.status == 504 else FailedBeforeFirstByte(error)
         with contextlib.suppress(ClientGone):
             await _write(
                 response, event_bytes(error_body(error.message, type=error.type, code=error.code))
@@ -232,16 +296,25 @@ class Proxy:
             await _write_eof(response)
         return False
 
+    def _first_token(self, call: ProxyRequest, exchange: Exchange) -> None:
+        exchange.first_token_at = time.perf_counter()
+        self._metrics.ttft.labels(call.model).observe(exchange.first_token_at - exchange.started)
+
     def _client_gone(self, exchange: Exchange) -> None:
         self._metrics.client_disconnects.inc()
         exchange.ended(CLIENT_CLOSED_REQUEST, Outcome.OUTCOME_CLIENT_ERROR)
 
-    def _finish(self, call: ProxyRequest, exchange: Exchange) -> None:
-        if exchange.reached:
-            self._emit_usage(call, exchange)
+    def _release(self, exchange: Exchange) -> None:
         self._scheduler.release_soon(
             exchange.lease, exchange.outcome, exchange.prompt_tokens, exchange.completion_tokens
         )
+
+    def _finish(self, call: ProxyRequest, exchange: Exchange) -> None:
+        if call.on_usage is not None:
+            call.on_usage(exchange.prompt_tokens, exchange.completion_tokens)
+        if exchange.reached:
+            self._emit_usage(call, exchange)
+        self._release(exchange)
 
     def _emit_usage(self, call: ProxyRequest, exchange: Exchange) -> None:
         self._metrics.tokens.labels(call.model, "prompt").inc(exchange.prompt_tokens)

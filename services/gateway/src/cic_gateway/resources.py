@@ -26,6 +26,8 @@ from cic_gateway.config import GatewaySettings
 from cic_gateway.keys import KeyStore
 from cic_gateway.metrics import GatewayMetrics
 from cic_gateway.proxy import Proxy
+from cic_gateway.ratelimit import Limits, RateLimiter, create_rate_limiter_redis
+from cic_gateway.revocation import Revocations
 from cic_gateway.scheduler_client import SchedulerClient
 from cic_gateway.usage import BillingUsageSender, UsageSink
 
@@ -51,6 +53,7 @@ class Services:
     scheduler: SchedulerClient
     billing: billing_pb2_grpc.BillingServiceStub
     orchestrator: orchestrator_pb2_grpc.OrchestratorServiceStub
+    billing_channel: grpc.aio.Channel | None = None
 
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
@@ -63,6 +66,8 @@ UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 USAGE = web.AppKey("usage", UsageSink)
 KEYS = web.AppKey("keys", KeyStore)
 PROXY = web.AppKey("proxy", Proxy)
+LIMITER = web.AppKey("rate_limiter", RateLimiter)
+REVOCATIONS = web.AppKey("revocations", Revocations)
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -81,16 +86,46 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
+async def ratelimit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The rate limiter, on a Redis client of its own (short timeouts, no retries)."""
+    s = app[SETTINGS]
+    limiter = RateLimiter(
+        create_rate_limiter_redis(s.redis_url, s.rate_limit_redis_timeout_s),
+        app[METRICS],
+        prefix=s.redis_key_prefix,
+        defaults=Limits(
+            s.default_key_rpm, s.default_key_tpm, s.default_tenant_rpm, s.default_tenant_tpm
+        ),
+        fail_open=s.rate_limit_fail_open,
+        timeout_s=s.rate_limit_redis_timeout_s,
+        default_max_tokens=s.default_max_tokens_estimate,
+    )
+    app[LIMITER] = limiter
+    yield
+    await limiter.close()
+
+
+async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Key revocations and tenant changes shared with every replica (after ``postgres_ctx``)."""
+    s = app[SETTINGS]
+    revocations = Revocations(s.redis_url, s.redis_key_prefix, app[KEYS], app[METRICS])
+    await revocations.start()
+    app[REVOCATIONS] = revocations
+    yield
+    await revocations.close()
+
+
 async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    scheduler = create_channel(settings.scheduler_addr)
-    billing = create_channel(settings.billing_addr)
-    orchestrator = create_channel(settings.orchestrator_addr)
+    scheduler = create_channel(settings.scheduler_addr, settings.grpc_timeout_s)
+    billing = create_channel(settings.billing_addr, settings.grpc_timeout_s)
+    orchestrator = create_channel(settings.orchestrator_addr, settings.grpc_timeout_s)
     app[SERVICES] = Services(
         scheduler_channel=scheduler,
         scheduler=SchedulerClient(scheduler_pb2_grpc.SchedulerServiceStub(scheduler)),
         billing=billing_pb2_grpc.BillingServiceStub(billing),
         orchestrator=orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator),
+        billing_channel=billing,
     )
     yield
     await app[SERVICES].scheduler.drain(RELEASE_DRAIN_TIMEOUT_S)

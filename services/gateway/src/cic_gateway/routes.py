@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cic_gateway import admin, admin_ops, health, openai_api
+from cic_gateway import admin, admin_ops, health, openai_api, openapi
 
 
 def setup_routes(app: web.Application) -> None:
@@ -12,6 +12,7 @@ def setup_routes(app: web.Application) -> None:
         [
             web.get("/healthz", health.healthz, allow_head=False),
             web.get("/readyz", health.readyz, allow_head=False),
+            web.get("/openapi.json", openapi.openapi_json, allow_head=False),
             # Tenant API (OpenAI's, as vLLM serves it).
             web.post("/v1/chat/completions", openai_api.chat_completions),
             web.post("/v1/completions", openai_api.completions),

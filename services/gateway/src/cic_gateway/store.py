@@ -63,6 +63,8 @@ async def list_tenants(pool: asyncpg.Pool) -> list[dict[str, Any]]:
 
 
 async def get_tenant(pool: asyncpg.Pool, tenant_id: str) -> dict[str, Any] | None:
+    if "\x00" in tenant_id:  # no such id can exist: Postgres text holds no NUL character
+        return None
     row = await pool.fetchrow(
         "SELECT id, name, email, status, rpm_limit, tpm_limit, created_at"
         " FROM tenants WHERE id = $1",
@@ -131,6 +133,8 @@ async def list_keys(pool: asyncpg.Pool, tenant_id: str) -> list[dict[str, Any]]:
 
 async def revoke_key(pool: asyncpg.Pool, key_id: str) -> dict[str, Any] | None:
     """Marks the key revoked (keeping the first revocation time); None when the id is unknown."""
+    if "\x00" in key_id:  # no such id can exist: Postgres text holds no NUL character
+        return None
     row = await pool.fetchrow(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1"
         " RETURNING id, tenant_id, name, prefix, rpm_limit, tpm_limit, created_at, revoked_at,"
@@ -179,8 +183,20 @@ async def write_audit(
         path,
         status,
         source,
-        orjson.dumps(dict(detail)).decode(),
+        orjson.dumps(_without_nul(dict(detail))).decode(),
     )
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every NUL character replaced: jsonb cannot hold one (an id a caller sent
+    may have one)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 async def list_audit(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:

@@ -1,0 +1,217 @@
+"""What the gateway adds to a request: the same load straight to a zero-latency simulated node
+and through the whole platform (real ``cic-gateway``, ``cic-scheduler``, ``cic-billing`` and
+``cic-orchestrator`` processes, Postgres and Redis), in one run.
+
+    .venv/bin/python bench/gateway_overhead.py [--duration 5] [--concurrency 32] [--pin]
+
+For non-streamed and streamed chat completions it prints, for each target, the request count,
+errors, p50/p90/p99 latency and throughput at concurrency 1 and at ``--concurrency``; then the
+latency the gateway adds at concurrency 1 and its throughput as a share of the direct one, against
+the targets; and last, all figures as one JSON line. Exits 1 if any request failed.
+
+Postgres and Redis are found as the tests find them: ``CIC_TEST_DATABASE_URL`` (a server on which
+a fresh database is made for the run and dropped after) and ``CIC_TEST_REDIS_URL``, else embedded
+servers in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import orjson
+import uvloop
+from cpu import CpuMeter, platform_processes
+from loadgen import PhaseResult, build_request, run_phase
+from report import Figures, print_report
+
+from cic_devstack.admin import AdminClient
+from cic_devstack.stack import Ports, Stack, StackConfig
+from cic_devstack.stores import embedded_postgres, embedded_redis
+
+MODEL = "cic-sim-small"
+SIM_ARGS = ("--ttft-ms", "0", "--itl-ms", "0")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--duration", type=float, default=5.0, help="measured seconds per phase (default 5)")
+    add("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
+    add("--concurrency", type=int, default=32, help="connections of the throughput phase")
+    add("--max-tokens", type=int, default=16, help="max_tokens of every request (default 16)")
+    add("--modes", default="unary,stream", help="comma-separated: unary, stream")
+    add("--pin", action="store_true", help="load generator on CPU 0, the servers on the rest")
+    add("--log-dir", type=Path, default=None, help="keep the services' logs in this folder")
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    host: str
+    port: int
+    key: str
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (an affinity is per thread on Linux)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+@contextlib.contextmanager
+def _stores(folder: Path) -> Iterator[tuple[str, str]]:
+    """(Postgres server URL, Redis URL): the tests' servers, else embedded ones."""
+    with contextlib.ExitStack() as stack:
+        pg = os.environ.get("CIC_TEST_DATABASE_URL") or stack.enter_context(
+            embedded_postgres(folder / "pg")
+        )
+        redis = os.environ.get("CIC_TEST_REDIS_URL") or stack.enter_context(
+            embedded_redis(folder / "redis")
+        )
+        yield pg, redis
+
+
+@contextlib.asynccontextmanager
+async def _fresh_database(server_url: str) -> AsyncIterator[str]:
+    name = f"cic_bench_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _platform(
+    database_url: str, redis_url: str, log_dir: Path, pin: bool
+) -> AsyncIterator[Stack]:
+    bin_dir = Path(sys.executable).parent
+    config = StackConfig(
+        database_url=database_url,
+        redis_url=redis_url,
+        admin_token=secrets.token_urlsafe(32),
+        bin_dir=bin_dir,
+        ports=Ports(*(_free_port() for _ in range(8))),
+        log_dir=log_dir,
+        log_format="json",
+        log_level="WARNING",
+        base_env={"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "HOME": str(log_dir)},
+        node_model=MODEL,
+        node_count=1,
+        node_args=SIM_ARGS,
+    )
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin and len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    if pin:
+        _pin(os.getpid(), set(cpus[1:]))  # the processes started now inherit the servers' CPUs
+    stack = Stack(config)
+    await stack.start()
+    if pin:
+        _pin(os.getpid(), {cpus[0]})
+    try:
+        yield stack
+    finally:
+        codes = await stack.stop()
+        if any(code != 0 for code in codes.values()):
+            print(f"WARNING: services did not exit cleanly: {codes} (logs in {log_dir})")
+
+
+async def _targets(stack: Stack) -> tuple[Target, Target]:
+    """The node itself and the gateway, with a key made through the admin API."""
+    async with aiohttp.ClientSession() as session:
+        admin = AdminClient(session, stack.gateway_url, stack.config.admin_token)
+        tenant = await admin.create_tenant("bench", f"bench-{secrets.token_hex(4)}@example.com")
+        key = (await admin.create_key(tenant["id"], "bench"))["key"]
+        async with session.get(
+            f"{stack.gateway_url}/admin/nodes", headers={"X-Admin-Token": stack.config.admin_token}
+        ) as resp:
+            nodes = (await resp.json())["data"]
+    node = urlsplit(nodes[0]["endpoint"])
+    gateway = urlsplit(stack.gateway_url)
+    assert node.hostname and node.port and gateway.hostname and gateway.port
+    return (
+        Target("direct", node.hostname, node.port, key),
+        Target("gateway", gateway.hostname, gateway.port, key),
+    )
+
+
+def _request(target: Target, stream: bool, max_tokens: int) -> bytes:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+    headers = {"Authorization": f"Bearer {target.key}", "Content-Type": "application/json"}
+    return build_request(
+        target.host, target.port, "/v1/chat/completions", orjson.dumps(body), headers
+    )
+
+
+async def _measure(
+    stack: Stack, targets: tuple[Target, Target], args: argparse.Namespace
+) -> Figures:
+    figures = Figures(concurrency=args.concurrency, max_tokens=args.max_tokens)
+    meter = CpuMeter(platform_processes(stack))
+    for mode in args.modes.split(","):
+        stream = mode == "stream"
+        for concurrency in (1, args.concurrency):
+            for target in targets:
+                meter.start()
+                result: PhaseResult = await run_phase(
+                    target.host,
+                    target.port,
+                    _request(target, stream, args.max_tokens),
+                    stream=stream,
+                    concurrency=concurrency,
+                    warmup_s=args.warmup,
+                    duration_s=args.duration,
+                )
+                figures.add(mode, target.name, concurrency, result, meter.stop())
+                print(figures.line(mode, target.name, concurrency), flush=True)
+    return figures
+
+
+async def main(args: argparse.Namespace) -> int:
+    cpus = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="cic-bench-") as scratch:
+        log_dir = args.log_dir or Path(scratch) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for old in log_dir.glob("*.log"):
+            old.unlink()
+        with _stores(Path(scratch)) as (pg_server, redis_url):
+            async with (
+                _fresh_database(pg_server) as database_url,
+                _platform(database_url, redis_url, log_dir, args.pin) as stack,
+            ):
+                direct, gateway = await _targets(stack)
+                print(f"platform up; node {direct.host}:{direct.port}, gateway {stack.gateway_url}")
+                figures = await _measure(stack, (direct, gateway), args)
+    return print_report(figures, pinned=args.pin, cpus=cpus)
+
+
+if __name__ == "__main__":
+    sys.exit(uvloop.run(main(parse_args())))

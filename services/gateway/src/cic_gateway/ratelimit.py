@@ -1,0 +1,307 @@
+"""Requests and tokens per minute, per API key and per tenant, shared by every replica through
+Redis.
+
+Algorithm: GCRA, run in Redis as one Lua script (``ratelimit.lua``, where it is explained) that
+checks every bucket that applies to a request (key RPM, key TPM, tenant RPM, tenant TPM) and
+takes from all of them or from none, on Redis's clock. A full minute's worth may be used at once;
+after that, capacity comes back continuously (one request every 60/RPM seconds).
+
+Tokens are reserved before the request goes to a node: the prompt estimated without a tokenizer
+(its text's UTF-8 bytes / 4, rounded up) plus the completion's cap (``max_tokens`` or
+``max_completion_tokens``, times ``n``; ``DEFAULT_MAX_TOKENS_ESTIMATE`` when the client sets
+none). Afterwards the reservation is settled with the tokens the node reported, on every path:
+what was not used goes back, what was used beyond it is charged (which can take a bucket over
+its limit; the next request then waits). A request estimated above a whole bucket is reserved
+the whole bucket, so that a low limit delays it rather than refusing it for ever.
+
+Redis keys (the hash tag keeps one tenant's buckets in one cluster slot, as the script needs):
+``{prefix}rl:{<tenant id>}:key:<key id>:{requests|tokens}`` and
+``{prefix}rl:{<tenant id>}:tenant:{requests|tokens}``, each a hash that expires once empty.
+
+When Redis does not answer within ``RATE_LIMIT_REDIS_TIMEOUT_S`` the request is served without
+limits (``RATE_LIMIT_FAIL_OPEN=true``, the default) or refused with 503; Redis is then left alone
+for a second, every affected call is counted in ``cic_gateway_ratelimit_errors_total``, and a
+warning is logged at most once a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from cic_gateway.errors import SERVER_ERROR, ApiError
+from cic_gateway.metrics import GatewayMetrics
+from cic_gateway.ratelimit_http import (
+    BucketState,
+    estimate_tokens,
+    limit_headers,
+    rate_limited_error,
+)
+from cic_gateway.store import KeyAuth
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 60.0
+REQUESTS, TOKENS = "requests", "tokens"
+KEY, TENANT = "key", "tenant"
+# After a failure, Redis is not asked again for this long (no request waits on a dead server).
+PAUSE_AFTER_FAILURE_S = 1.0
+LOG_EVERY_S = 60.0
+SETTLE_DRAIN_TIMEOUT_S = 2.0
+
+# The headers set on a request's responses once it is admitted (see add_rate_limit_headers).
+RATE_LIMIT_HEADERS = web.RequestKey("rate_limit_headers", dict[str, str])
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The per-minute limits used when a key's or tenant's row has none (0 = unlimited)."""
+
+    key_rpm: int = 0
+    key_tpm: int = 0
+    tenant_rpm: int = 0
+    tenant_tpm: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One limit that applies to a request, and what the request takes from it."""
+
+    scope: str
+    kind: str
+    limit: int
+    redis_key: str
+    cost: int
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What an admitted request holds: the tokens it reserved, the headers its responses carry,
+    and the tokens its node reported (added up over its exchanges)."""
+
+    token_buckets: tuple[Bucket, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    used_tokens: int = 0
+    settled: bool = False
+
+    def add_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.used_tokens += prompt_tokens + completion_tokens
+
+
+def _pick(own: int | None, default: int) -> int:
+    return own if own is not None else default
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        redis: Redis,
+        metrics: GatewayMetrics,
+        *,
+        prefix: str,
+        defaults: Limits,
+        fail_open: bool,
+        timeout_s: float,
+        default_max_tokens: int = 256,
+        window_s: float = WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._prefix = prefix
+        self._defaults = defaults
+        self._fail_open = fail_open
+        self._timeout_s = timeout_s
+        self._default_max_tokens = default_max_tokens
+        self._window_us = int(window_s * 1_000_000)
+        self._clock = clock
+        script = files("cic_gateway").joinpath("ratelimit.lua").read_text()
+        self._script = redis.register_script(script)  # EVALSHA, loading it on NOSCRIPT
+        self._paused_until = 0.0
+        self._outage = _OutageLog(clock)
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def buckets(self, auth: KeyAuth, tokens: Callable[[], int]) -> list[Bucket]:
+        """The buckets that apply to ``auth``'s requests; ``tokens`` (the request's estimate) is
+        computed only when a token limit applies."""
+        d = self._defaults
+        limits = [
+            (KEY, REQUESTS, _pick(auth.rpm_limit, d.key_rpm)),
+            (KEY, TOKENS, _pick(auth.tpm_limit, d.key_tpm)),
+            (TENANT, REQUESTS, _pick(auth.tenant_rpm_limit, d.tenant_rpm)),
+            (TENANT, TOKENS, _pick(auth.tenant_tpm_limit, d.tenant_tpm)),
+        ]
+        estimate: int | None = None
+        found = []
+        for scope, kind, limit in limits:
+            if limit <= 0:
+                continue
+            if kind == TOKENS and estimate is None:
+                estimate = max(0, tokens())
+            cost = 1 if kind == REQUESTS else min(estimate or 0, limit)
+            found.append(Bucket(scope, kind, limit, self._redis_key(auth, scope, kind), cost))
+        return found
+
+    def _redis_key(self, auth: KeyAuth, scope: str, kind: str) -> str:
+        owner = f"key:{auth.key_id}" if scope == KEY else "tenant"
+        return f"{self._prefix}rl:{{{auth.tenant_id}}}:{owner}:{kind}"
+
+    async def admit(
+        self, request: web.Request, auth: KeyAuth, body: dict[str, Any], *, generates: bool
+    ) -> Reservation:
+        """:meth:`acquire` for an OpenAI request body; its responses then carry the headers."""
+        reservation = await self.acquire(
+            auth,
+            lambda: estimate_tokens(
+                body, generates=generates, default_max_tokens=self._default_max_tokens
+            ),
+        )
+        request[RATE_LIMIT_HEADERS] = reservation.headers
+        return reservation
+
+    async def acquire(self, auth: KeyAuth, tokens: Callable[[], int]) -> Reservation:
+        """Takes from every bucket of ``auth`` or raises the 429 (or, with Redis down and
+        failing closed, the 503) to answer."""
+        buckets = self.buckets(auth, tokens)
+        if not buckets:
+            return Reservation()
+        reply = await self._run("check", "take", buckets)
+        if reply is None:
+            return Reservation()
+        allowed, worst, wait_us = int(reply[0]), int(reply[1]), int(reply[2])
+        states = [
+            BucketState(b.scope, b.kind, b.limit, int(reply[3 + 2 * i]), int(reply[4 + 2 * i]))
+            for i, b in enumerate(buckets)
+        ]
+        headers = limit_headers(states)
+        if not allowed:
+            hit = buckets[worst - 1]
+            self._metrics.rate_limited.labels(hit.scope, hit.kind).inc()
+            raise rate_limited_error(hit.scope, hit.kind, hit.limit, hit.cost, wait_us, headers)
+        return Reservation(tuple(b for b in buckets if b.kind == TOKENS), headers)
+
+    def settle_soon(self, reservation: Reservation) -> None:
+        """Gives back (or charges) the difference between the tokens reserved and the tokens the
+        node reported, in the background; once per reservation."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        changes = [
+            (b, reservation.used_tokens - b.cost)
+            for b in reservation.token_buckets
+            if reservation.used_tokens != b.cost
+        ]
+        if not changes:
+            return
+        task = asyncio.create_task(self._settle(changes))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, changes: list[tuple[Bucket, int]]) -> None:
+        buckets = [b for b, _ in changes]
+        amounts = [delta for _, delta in changes]
+        await self._run("settle", "settle", buckets, amounts)
+
+    async def _run(
+        self,
+        operation: str,
+        mode: str,
+        buckets: Sequence[Bucket],
+        amounts: Sequence[int] | None = None,
+    ) -> Any:
+        """The script's reply, or None when Redis failed and the request may go on unlimited."""
+        if self._clock() < self._paused_until:
+            return self._failed(operation, None)
+        args: list[int | str] = [mode, self._window_us]
+        for i, bucket in enumerate(buckets):
+            args += [bucket.limit, bucket.cost if amounts is None else amounts[i]]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await self._script(keys=[b.redis_key for b in buckets], args=args)
+        except (RedisError, OSError, TimeoutError) as err:
+            self._paused_until = self._clock() + PAUSE_AFTER_FAILURE_S
+            return self._failed(operation, err)
+        self._outage.recovered()
+        return reply
+
+    def _failed(self, operation: str, err: BaseException | None) -> None:
+        self._metrics.ratelimit_errors.labels(operation).inc()
+        policy = "serving without rate limits" if self._fail_open else "refusing requests"
+        self._outage.failed(err, policy)
+        if operation == "check" and not self._fail_open:
+            raise ApiError(
+                503,
+                "The service is temporarily unavailable; try again shortly.",
+                type=SERVER_ERROR,
+                code="service_unavailable",
+            )
+        return None
+
+    async def wait_settled(self, timeout_s: float = SETTLE_DRAIN_TIMEOUT_S) -> None:
+        """Waits (up to ``timeout_s``) for the settlements under way."""
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self.wait_settled()
+        await self._redis.aclose()
+
+
+class _OutageLog:
+    """Logs Redis trouble once a minute at most, and its end once."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._last_logged: float | None = None
+        self._unreported = 0
+        self._down = False
+
+    def failed(self, err: BaseException | None, policy: str) -> None:
+        self._down = True
+        self._unreported += 1
+        now = self._clock()
+        if self._last_logged is not None and now - self._last_logged < LOG_EVERY_S:
+            return
+        reason = type(err).__name__ if err is not None else "still down"
+        log.warning(
+            "Redis unavailable for rate limits (%s): %s; %d failed calls since the last report",
+            reason,
+            policy,
+            self._unreported,
+        )
+        self._last_logged, self._unreported = now, 0
+
+    def recovered(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("Redis answers rate-limit calls again")
+
+
+def create_rate_limiter_redis(url: str, timeout_s: float) -> Redis:
+    """A client of its own for the request path: short timeouts and no retries, so that a Redis
+    that is down costs a request ``timeout_s`` at most (and then nothing, for a while)."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+    )
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: an admitted request's responses carry its ``x-ratelimit-*``."""
+    headers = request.get(RATE_LIMIT_HEADERS)
+    if headers:
+        response.headers.update(headers)
