@@ -72,6 +72,11 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
             self._released.notify_all()
         return scheduler_pb2.ReleaseNodeResponse()
 
+    async def ReleaseNodes(self, request, context):
+        for release in request.releases:
+            await self.ReleaseNode(release, context)
+        return scheduler_pb2.ReleaseNodesResponse()
+
     async def wait_for_releases(self, count: int, timeout: float = 10.0) -> list[Release]:
         async with self._released:
             await asyncio.wait_for(

@@ -81,3 +81,20 @@ async def test_deregistering_forgets_the_nodes_leases(scheduler) -> None:
     assert scheduler.sample("cic_scheduler_unknown_lease_releases_total") == 1
     node = await scheduler.register("n1")
     assert node.in_flight == 0
+
+
+async def test_release_nodes_gives_back_a_batch_in_one_call(start_scheduler) -> None:
+    scheduler = await start_scheduler(UNHEALTHY_AFTER_FAILURES="2")
+    await scheduler.register("n1")
+    leases = [await scheduler.pick() for _ in range(4)]
+    assert (await scheduler.nodes())["n1"].in_flight == 4
+    batch = [
+        pb.ReleaseNodeRequest(lease_id=lease.lease_id, outcome=pb.OUTCOME_NODE_ERROR)
+        for lease in leases[:2]
+    ]
+    batch.append(pb.ReleaseNodeRequest(lease_id=""))  # skipped, not an error for the batch
+    batch.append(pb.ReleaseNodeRequest(lease_id=leases[2].lease_id, outcome=pb.OUTCOME_SUCCESS))
+    await scheduler.stub.ReleaseNodes(pb.ReleaseNodesRequest(releases=batch))
+    nodes = await scheduler.nodes()
+    assert nodes["n1"].in_flight == 1
+    assert scheduler.sample("cic_scheduler_releases_total", outcome="node_error") == 2

@@ -47,4 +47,5 @@ def run_service(name: str, settings: S, serve: Callable[[S], Awaitable[None]]) -
         log.error("%s failed: %s: %s", name, type(err).__name__, err)
         raise SystemExit(1) from None
     finally:
-        tracer_provider.shutdown()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()

@@ -43,7 +43,8 @@ class SchedulerClient:
         self._stub = stub
         self._pick_timeout_s = pick_timeout_s
         self._release_timeout_s = release_timeout_s
-        self._releasing: set[asyncio.Task[None]] = set()
+        self._pending: list[scheduler_pb2.ReleaseNodeRequest] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def pick(self, model: str, exclude_node_ids: tuple[str, ...] = ()) -> Lease:
         """A lease on a ready node for ``model``; 404 for a model no node serves, else 503."""
@@ -75,30 +76,38 @@ class SchedulerClient:
         self, lease: Lease, outcome: int, prompt_tokens: int, completion_tokens: int
     ) -> None:
         """Gives the lease back in the background: the response never waits for it, and a
-        request cancelled because its client left still gives its lease back."""
-        task = asyncio.create_task(self._release(lease, outcome, prompt_tokens, completion_tokens))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        request cancelled because its client left still gives its lease back.
 
-    async def _release(
-        self, lease: Lease, outcome: int, prompt_tokens: int, completion_tokens: int
-    ) -> None:
-        request = scheduler_pb2.ReleaseNodeRequest(
-            lease_id=lease.lease_id,
-            outcome=outcome,  # type: ignore[arg-type]
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+        Releases go out one ReleaseNodes call at a time: one made while a call is under way
+        waits for it and leaves with every other release made meanwhile. An idle gateway sends
+        each at once; a busy one sends one call for many requests instead of one each."""
+        self._pending.append(
+            scheduler_pb2.ReleaseNodeRequest(
+                lease_id=lease.lease_id,
+                outcome=outcome,  # type: ignore[arg-type]
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
         )
-        try:
-            await self._stub.ReleaseNode(request, timeout=self._release_timeout_s)
-        except grpc.aio.AioRpcError as err:
-            # The scheduler gives back leases nobody released after its lease TTL.
-            log.warning("ReleaseNode(%s) failed: %s", lease.lease_id, err.code().name)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_releases())
+
+    async def _send_releases(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._stub.ReleaseNodes(
+                    scheduler_pb2.ReleaseNodesRequest(releases=batch),
+                    timeout=self._release_timeout_s,
+                )
+            except grpc.aio.AioRpcError as err:
+                # The scheduler gives back leases nobody released after its lease TTL.
+                log.warning("ReleaseNodes (%d leases) failed: %s", len(batch), err.code().name)
 
     async def drain(self, timeout_s: float) -> None:
         """Waits (up to ``timeout_s``) for the releases still under way."""
-        if self._releasing:
-            await asyncio.wait(set(self._releasing), timeout=timeout_s)
+        if self._sender is not None and not self._sender.done():
+            await asyncio.wait({self._sender}, timeout=timeout_s)
 
     async def list_nodes(self, model: str = "") -> list[scheduler_pb2.Node]:
         reply = await self._stub.ListNodes(scheduler_pb2.ListNodesRequest(model=model))

@@ -106,3 +106,16 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             request.completion_tokens,
         )
         return pb.ReleaseNodeResponse()
+
+    async def ReleaseNodes(
+        self, request: pb.ReleaseNodesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseNodesResponse:
+        for release in request.releases:
+            if release.lease_id:
+                await self._scheduler.release(
+                    release.lease_id,
+                    convert.outcome(release.outcome),
+                    release.prompt_tokens,
+                    release.completion_tokens,
+                )
+        return pb.ReleaseNodesResponse()
