@@ -32,6 +32,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self) -> None:
         self.nodes: list[scheduler_pb2.Node] = []
         self.picks: list[str] = []
+        self.prefix_keys: list[str] = []
         self.excluded: list[list[str]] = []
         self.releases: list[Release] = []
         self._lease_ids = itertools.count(1)
@@ -47,6 +48,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     async def PickNode(self, request, context):
         self.picks.append(request.model)
+        self.prefix_keys.append(request.prefix_key)
         nodes = [n for n in self.nodes if n.model == request.model]
         if not nodes:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model}")

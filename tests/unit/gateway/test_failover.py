@@ -214,11 +214,12 @@ async def test_a_stream_that_breaks_before_its_first_event_is_retried(
 
 
 async def test_the_real_scheduler_excludes_the_failed_node(
-    start_gateway: StartGateway, sims: SimFarm
+    start_gateway: StartGateway, sims: SimFarm, redis_url: str, redis_prefix: str
 ) -> None:
     bad, good = await sims.start(fail_rate=1.0), await sims.start()
+    settings = {"GRPC_PORT": "0", "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": redis_prefix}
     scheduler = await create_service(
-        parse_settings(SchedulerSettings, {"GRPC_PORT": "0"}), CollectorRegistry()
+        parse_settings(SchedulerSettings, settings), CollectorRegistry()
     )
     port = await scheduler.start(host="127.0.0.1")
     channel = create_channel(f"127.0.0.1:{port}")

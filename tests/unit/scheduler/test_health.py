@@ -13,13 +13,14 @@ from cic.scheduler.v1 import scheduler_pb2 as pb
 from cic_scheduler.health import HealthProber
 from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.nodes import NodeSpec, NodeState
-from cic_scheduler.registry_memory import InMemoryNodeRegistry
+from tests.unit.scheduler.conftest import MakeRegistry
 from tests.unit.scheduler.support import FakeNodeHealth, eventually, rpc_error
 
 FAST_PROBES = {
     "HEALTH_PROBE_INTERVAL_S": "0.05",
     "HEALTH_PROBE_TIMEOUT_S": "1",
-    "UNHEALTHY_AFTER_FAILURES": "2",
+    "BREAKER_FAILURES": "2",
+    "BREAKER_OPEN_S": "0.2",
 }
 
 
@@ -65,7 +66,7 @@ async def test_a_node_that_stops_answering_becomes_unhealthy(
 async def test_a_probe_success_ends_passive_unhealthiness(
     start_scheduler, node_health: FakeNodeHealth
 ) -> None:
-    scheduler = await start_scheduler(UNHEALTHY_AFTER_FAILURES="1")
+    scheduler = await start_scheduler(BREAKER_FAILURES="1", BREAKER_OPEN_S="0")
     await scheduler.register("n1", endpoint=node_health.endpoint)
     lease = await scheduler.pick()
     await scheduler.release(lease.lease_id, outcome=pb.OUTCOME_NODE_ERROR)
@@ -85,9 +86,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def test_one_probe_round_counts_failures_until_the_threshold(
-    node_health: FakeNodeHealth, session: aiohttp.ClientSession
+    node_health: FakeNodeHealth, session: aiohttp.ClientSession, make_registry: MakeRegistry
 ) -> None:
-    registry = InMemoryNodeRegistry(lease_ttl_s=60, unhealthy_after_failures=3)
+    registry = make_registry(breaker_failures=3, breaker_open_s=0)
     metrics_registry = CollectorRegistry()
     metrics = SchedulerMetrics(metrics_registry)
     prober = HealthProber(registry, session, timeout_s=0.2, metrics=metrics)
@@ -105,9 +106,9 @@ async def test_one_probe_round_counts_failures_until_the_threshold(
 
 
 async def test_a_probe_that_times_out_is_a_failure(
-    node_health: FakeNodeHealth, session: aiohttp.ClientSession
+    node_health: FakeNodeHealth, session: aiohttp.ClientSession, make_registry: MakeRegistry
 ) -> None:
-    registry = InMemoryNodeRegistry(lease_ttl_s=60, unhealthy_after_failures=1)
+    registry = make_registry(breaker_failures=1)
     metrics = SchedulerMetrics(CollectorRegistry())
     prober = HealthProber(registry, session, timeout_s=0.1, metrics=metrics)
     await registry.register(NodeSpec(id="n1", model="m", endpoint=node_health.endpoint))
@@ -117,9 +118,9 @@ async def test_a_probe_that_times_out_is_a_failure(
 
 
 async def test_terminated_nodes_are_not_probed(
-    node_health: FakeNodeHealth, session: aiohttp.ClientSession
+    node_health: FakeNodeHealth, session: aiohttp.ClientSession, make_registry: MakeRegistry
 ) -> None:
-    registry = InMemoryNodeRegistry(lease_ttl_s=60, unhealthy_after_failures=1)
+    registry = make_registry(breaker_failures=1)
     prober = HealthProber(registry, session, 1.0, SchedulerMetrics(CollectorRegistry()))
     spec = NodeSpec(id="n1", model="m", endpoint=node_health.endpoint, state=NodeState.TERMINATED)
     await registry.register(spec)

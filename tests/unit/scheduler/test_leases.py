@@ -34,7 +34,7 @@ async def test_leases_within_their_ttl_are_kept(start_scheduler) -> None:
 
 
 async def test_consecutive_node_errors_make_a_node_unhealthy(start_scheduler) -> None:
-    scheduler = await start_scheduler(UNHEALTHY_AFTER_FAILURES="3")
+    scheduler = await start_scheduler(BREAKER_FAILURES="3")
     await scheduler.register("n1")
     for _ in range(2):
         await scheduler.release((await scheduler.pick()).lease_id, outcome=pb.OUTCOME_NODE_ERROR)
@@ -47,7 +47,7 @@ async def test_consecutive_node_errors_make_a_node_unhealthy(start_scheduler) ->
 
 
 async def test_a_success_resets_the_node_error_count(start_scheduler) -> None:
-    scheduler = await start_scheduler(UNHEALTHY_AFTER_FAILURES="2")
+    scheduler = await start_scheduler(BREAKER_FAILURES="2")
     await scheduler.register("n1")
     outcomes = [
         pb.OUTCOME_NODE_ERROR,
@@ -64,7 +64,7 @@ async def test_a_success_resets_the_node_error_count(start_scheduler) -> None:
 
 
 async def test_reregistering_makes_a_node_healthy_again(start_scheduler) -> None:
-    scheduler = await start_scheduler(UNHEALTHY_AFTER_FAILURES="1")
+    scheduler = await start_scheduler(BREAKER_FAILURES="1")
     await scheduler.register("n1")
     await scheduler.release((await scheduler.pick()).lease_id, outcome=pb.OUTCOME_NODE_ERROR)
     assert not (await scheduler.nodes())["n1"].healthy
@@ -84,7 +84,7 @@ async def test_deregistering_forgets_the_nodes_leases(scheduler) -> None:
 
 
 async def test_release_nodes_gives_back_a_batch_in_one_call(start_scheduler) -> None:
-    scheduler = await start_scheduler(UNHEALTHY_AFTER_FAILURES="2")
+    scheduler = await start_scheduler(BREAKER_FAILURES="2")
     await scheduler.register("n1")
     leases = [await scheduler.pick() for _ in range(4)]
     assert (await scheduler.nodes())["n1"].in_flight == 4

@@ -105,7 +105,12 @@ async def test_unknown_model_is_not_found(scheduler: RunningScheduler) -> None:
     err = await rpc_error(scheduler.pick("missing"))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert err.details() == "model `missing` is not served"
-    assert scheduler.sample("cic_scheduler_picks_total", model="_unknown", outcome="unknown_model")
+    assert scheduler.sample(
+        "cic_scheduler_picks_total",
+        model="_unknown",
+        policy="least_loaded",
+        outcome="unknown_model",
+    )
 
 
 async def test_model_with_only_terminated_nodes_is_not_found(scheduler: RunningScheduler) -> None:
@@ -122,11 +127,16 @@ async def test_model_without_a_ready_node_is_unavailable(scheduler: RunningSched
     err = await rpc_error(scheduler.pick())
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert err.details() == "no ready node for model `m`"
-    assert scheduler.sample("cic_scheduler_picks_total", model="m", outcome="no_node") == 1
+    assert (
+        scheduler.sample(
+            "cic_scheduler_picks_total", model="m", policy="least_loaded", outcome="no_node"
+        )
+        == 1
+    )
 
 
 async def test_unhealthy_node_gets_no_picks(start_scheduler) -> None:
-    scheduler = await start_scheduler(UNHEALTHY_AFTER_FAILURES="1")
+    scheduler = await start_scheduler(BREAKER_FAILURES="1")
     await scheduler.register("sick")
     await scheduler.register("fine")
     first = await scheduler.pick()
@@ -141,5 +151,10 @@ async def test_pick_metrics_count_successes(scheduler: RunningScheduler) -> None
     await scheduler.register("n1")
     for _ in range(3):
         await scheduler.pick()
-    assert scheduler.sample("cic_scheduler_picks_total", model="m", outcome="ok") == 3
+    assert (
+        scheduler.sample(
+            "cic_scheduler_picks_total", model="m", policy="least_loaded", outcome="ok"
+        )
+        == 3
+    )
     assert scheduler.sample("cic_scheduler_pick_duration_seconds_count") == 3

@@ -20,9 +20,11 @@ from cic_scheduler.config import SchedulerSettings
 from tests.support.net import free_port, wait_for_port
 from tests.unit.scheduler.support import RunningScheduler
 
+REQUIRED = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+
 
 def test_settings_defaults() -> None:
-    settings = parse_settings(SchedulerSettings, {})
+    settings = parse_settings(SchedulerSettings, REQUIRED)
     assert (settings.grpc_port, settings.metrics_port, settings.shutdown_grace_s) == (
         50051,
         9101,
@@ -30,25 +32,39 @@ def test_settings_defaults() -> None:
     )
     assert settings.health_probe_interval_s == 2.0
     assert settings.health_probe_timeout_s == 2.0
-    assert settings.unhealthy_after_failures == 3
+    assert (settings.breaker_failures, settings.breaker_open_s) == (3, 10.0)
+    assert settings.redis_key_prefix == "cic:"
+    assert (settings.routing_policy, settings.routing_policy_by_model) == ("least_loaded", "")
+    assert settings.prefix_affinity_max_extra_load == 4.0
     assert settings.lease_ttl_s == 600.0
     assert settings.lease_sweep_interval_s == 10.0
-    assert parse_settings(SchedulerSettings, {"LEASE_TTL_S": "0.2"}).lease_sweep_interval_s == 0.05
+    short = parse_settings(SchedulerSettings, {**REQUIRED, "LEASE_TTL_S": "0.2"})
+    assert short.lease_sweep_interval_s == 0.05
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         ("LEASE_TTL_S", "0"),
-        ("UNHEALTHY_AFTER_FAILURES", "0"),
+        ("BREAKER_FAILURES", "0"),
         ("HEALTH_PROBE_INTERVAL_S", "-1"),
         ("HEALTH_PROBE_TIMEOUT_S", "soon"),
         ("GRPC_PORT", "70000"),
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+        ("ROUTING_POLICY", "random"),
+        ("ROUTING_POLICY_BY_MODEL", "model-a=fastest"),
+        ("ROUTING_POLICY_BY_MODEL", "model-a"),
+        ("BREAKER_OPEN_S", "-1"),
     ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
-        parse_settings(SchedulerSettings, {name: value})
+        parse_settings(SchedulerSettings, {**REQUIRED, name: value})
+
+
+def test_redis_url_is_required() -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        parse_settings(SchedulerSettings, {})
 
 
 async def test_health_service_reports_serving(scheduler: RunningScheduler) -> None:
@@ -64,13 +80,20 @@ def _child_environment(**overrides: str) -> dict[str, str]:
     return environ
 
 
-async def test_process_serves_then_stops_cleanly_on_sigterm() -> None:
+async def test_process_serves_then_stops_cleanly_on_sigterm(
+    redis_url: str, redis_prefix: str
+) -> None:
     grpc_port, metrics_port = free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cic_scheduler",
-        env=_child_environment(GRPC_PORT=str(grpc_port), METRICS_PORT=str(metrics_port)),
+        env=_child_environment(
+            GRPC_PORT=str(grpc_port),
+            METRICS_PORT=str(metrics_port),
+            REDIS_URL=redis_url,
+            REDIS_KEY_PREFIX=redis_prefix,
+        ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -106,7 +129,7 @@ async def test_process_refuses_a_bad_setting_with_one_line() -> None:
         sys.executable,
         "-m",
         "cic_scheduler",
-        env=_child_environment(LEASE_TTL_S="never"),
+        env=_child_environment(LEASE_TTL_S="never", REDIS_URL="redis://127.0.0.1:1/0"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -15,6 +15,7 @@ from cic_gateway.proxy import ProxyRequest
 from cic_gateway.request_checks import check_fields
 from cic_gateway.request_keys import REQUEST_ID
 from cic_gateway.resources import KEYS, LIMITER, PROXY, SERVICES
+from cic_gateway.scheduler_client import prefix_key
 from cic_gateway.sse import UsageWish, upstream_stream_options
 
 _MAX_MODEL_CHARS = 256
@@ -68,6 +69,7 @@ async def _forward(request: web.Request, path: str, *, streams: bool) -> web.Str
         stream=stream,
         wish=wish,
         on_usage=reservation.add_usage,
+        prefix_key=prefix_key(body) if streams else "",
     )
     try:
         return await request.app[PROXY].handle(request, call)

@@ -58,6 +58,8 @@ class ProxyRequest:
     wish: UsageWish
     # Told the tokens the node reported (the rate limiter settles its reservation with them).
     on_usage: Callable[[int, int], None] | None = None
+    # The hash of the prompt's start the scheduler keeps on one node (scheduler_client.prefix_key).
+    prefix_key: str = ""
 
 
 @dataclass(slots=True)
@@ -113,7 +115,7 @@ class Proxy:
         self._metrics = metrics
 
     async def handle(self, request: web.Request, call: ProxyRequest) -> web.StreamResponse:
-        lease = await self._scheduler.pick(call.model)
+        lease = await self._scheduler.pick(call.model, prefix_key=call.prefix_key)
         request[MODEL_LABEL] = call.model  # a model the scheduler knows: a bounded metric label
         exchange = Exchange(lease)
         try:
@@ -145,7 +147,9 @@ class Proxy:
         error when no other node can take it."""
         node_id = failed.lease.node_id
         try:
-            lease = await self._scheduler.pick(call.model, exclude_node_ids=(node_id,))
+            lease = await self._scheduler.pick(
+                call.model, exclude_node_ids=(node_id,), prefix_key=call.prefix_key
+            )
         except ApiError:
             self._metrics.failovers.labels("no_other_node").inc()
             raise failure.error from None

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -14,6 +17,11 @@ from cic_gateway.errors import SERVER_ERROR, ApiError
 log = logging.getLogger(__name__)
 
 Outcome = scheduler_pb2.Outcome
+
+# How much of the prompt the prefix key covers: requests whose first PREFIX_KEY_CHARS characters
+# (system prompt and start of the conversation) agree share a key, so the scheduler's prefix
+# affinity sends them to the node whose prefix cache already holds that start.
+PREFIX_KEY_CHARS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,52 @@ def no_node(model: str) -> ApiError:
     )
 
 
+def _text_of(content: Any) -> str:
+    """A message's content as text: a string, or its parts' text (other parts by their type)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, Mapping):
+                text = part.get("text")
+                texts.append(text if isinstance(text, str) else f"<{part.get('type')}>")
+        return "\n".join(texts)
+    return ""
+
+
+def _prompt_text(body: Mapping[str, Any]) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return "".join(
+            f"{m.get('role')}\x1f{_text_of(m.get('content'))}\x1e"
+            for m in messages
+            if isinstance(m, Mapping)
+        )
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt:
+        prompt = prompt[0]  # a batch of prompts: routed by its first
+    if isinstance(prompt, list):  # token ids
+        return " ".join(str(token) for token in prompt)
+    return prompt if isinstance(prompt, str) else ""
+
+
+def prefix_key(body: Mapping[str, Any], chars: int = PREFIX_KEY_CHARS) -> str:
+    """A short stable hash (16 hex digits) of the first ``chars`` characters of the request's
+    prompt (chat messages with their roles, or the completion prompt); empty when there is none.
+
+    A request's ``cache_salt`` goes into the hash: vLLM shares no prefix cache across salts."""
+    text = _prompt_text(body)[:chars]
+    if not text:
+        return ""
+    salt = body.get("cache_salt")
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(salt.encode() if isinstance(salt, str) else b"")
+    digest.update(b"\x00")
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
 class SchedulerClient:
     def __init__(
         self,
@@ -46,10 +100,14 @@ class SchedulerClient:
         self._pending: list[scheduler_pb2.ReleaseNodeRequest] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def pick(self, model: str, exclude_node_ids: tuple[str, ...] = ()) -> Lease:
-        """A lease on a ready node for ``model``; 404 for a model no node serves, else 503."""
+    async def pick(
+        self, model: str, exclude_node_ids: tuple[str, ...] = (), prefix_key: str = ""
+    ) -> Lease:
+        """A lease on a ready node for ``model``; 404 for a model no node serves, else 503.
+        ``prefix_key`` (see :func:`prefix_key`) lets the scheduler keep a prompt prefix on one
+        node."""
         request = scheduler_pb2.PickNodeRequest(
-            model=model, exclude_node_ids=list(exclude_node_ids)
+            model=model, exclude_node_ids=list(exclude_node_ids), prefix_key=prefix_key
         )
         try:
             reply = await self._stub.PickNode(request, timeout=self._pick_timeout_s)

@@ -9,6 +9,20 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 
+_STOP_RETRY_S = 0.5
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancels ``task`` and waits for it to end, cancelling again while it runs on: a library
+    that swallows one cancellation (redis-py's asyncio client can, on Python 3.11) must not
+    keep a shutdown waiting for ever. The task's own loop should also check a stop flag."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=_STOP_RETRY_S)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s ended with %r", task.get_name(), task.exception())
+
+
 class PeriodicTask:
     """Runs ``action`` every ``interval_s`` (the first time after one interval) until stopped.
     A round that fails is logged and the next round runs as usual."""
@@ -18,23 +32,22 @@ class PeriodicTask:
         self._interval_s = interval_s
         self._action = action
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        self._stopping = True
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._interval_s)
             try:
                 await self._action()

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from yarl import URL
 
 from cic.scheduler.v1 import scheduler_pb2 as pb
-from cic_scheduler.nodes import NodeSpec, NodeState, NodeView, Outcome, SchedulerError
+from cic_scheduler.nodes import (
+    BreakerState,
+    NodeSpec,
+    NodeState,
+    NodeView,
+    Outcome,
+    SchedulerError,
+)
 
 MAX_ID_CHARS = 128
 MAX_MODEL_CHARS = 256
 MAX_ENDPOINT_CHARS = 2048
 MAX_LABELS = 64
 MAX_LABEL_CHARS = 256
+MAX_PREFIX_KEY_CHARS = 128
+MAX_EXCLUDED_NODES = 256
+MAX_LEASE_ID_CHARS = 128
 
 _STATE_FROM_PROTO: dict[int, NodeState] = {
     pb.NODE_STATE_UNSPECIFIED: NodeState.READY,
@@ -29,6 +39,11 @@ _STATE_TO_PROTO = {
     NodeState.DRAINING: pb.NODE_STATE_DRAINING,
     NodeState.TERMINATED: pb.NODE_STATE_TERMINATED,
     NodeState.FAILED: pb.NODE_STATE_FAILED,
+}
+_BREAKER_TO_PROTO = {
+    BreakerState.CLOSED: pb.BREAKER_STATE_CLOSED,
+    BreakerState.OPEN: pb.BREAKER_STATE_OPEN,
+    BreakerState.HALF_OPEN: pb.BREAKER_STATE_HALF_OPEN,
 }
 _OUTCOME_FROM_PROTO: dict[int, Outcome] = {
     pb.OUTCOME_SUCCESS: Outcome.SUCCESS,
@@ -58,6 +73,31 @@ def node_id(value: str, field: str = "node_id") -> str:
 
 def model_name(value: str) -> str:
     return _token(value, "model", MAX_MODEL_CHARS)
+
+
+def optional_model(value: str) -> str | None:
+    """A model filter: empty means every model."""
+    return model_name(value) if value else None
+
+
+def prefix_key(value: str) -> str:
+    """The gateway's hash of the prompt prefix; empty means none."""
+    if len(value) > MAX_PREFIX_KEY_CHARS:
+        raise InvalidArgument(f"prefix_key is longer than {MAX_PREFIX_KEY_CHARS} characters")
+    if not value.isprintable():
+        raise InvalidArgument("prefix_key must be printable")
+    return value
+
+
+def exclude_node_ids(values: Iterable[str]) -> frozenset[str]:
+    ids = list(values)
+    if len(ids) > MAX_EXCLUDED_NODES:
+        raise InvalidArgument(f"exclude_node_ids holds more than {MAX_EXCLUDED_NODES} ids")
+    return frozenset(node_id(value, "exclude_node_ids") for value in ids)
+
+
+def lease_id(value: str, field: str = "lease_id") -> str:
+    return _token(value, field, MAX_LEASE_ID_CHARS)
 
 
 def endpoint(value: str) -> str:
@@ -122,4 +162,10 @@ def node_to_proto(node: NodeView) -> pb.Node:
         labels=dict(node.labels),
     )
     message.last_heartbeat.FromDatetime(node.last_heartbeat)
+    message.breaker = _BREAKER_TO_PROTO[node.breaker]
+    if node.load is not None:
+        message.load.running = node.load.running
+        message.load.waiting = node.load.waiting
+        message.load.kv_cache_usage = node.load.kv_cache_usage
+        message.load.scraped_at.FromNanoseconds(int(node.load.scraped_at * 1e9))
     return message

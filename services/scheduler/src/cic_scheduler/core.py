@@ -5,29 +5,45 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from cic_scheduler.metrics import UNKNOWN_MODEL_LABEL, SchedulerMetrics
 from cic_scheduler.nodes import (
     Lease,
+    LeaseReturn,
     ModelNotServed,
     NodeSpec,
+    NodeState,
     NodeView,
     NoReadyNode,
     Outcome,
     PickRequest,
     Release,
 )
-from cic_scheduler.policy import Policy
+from cic_scheduler.policy import RoutingPolicies
 from cic_scheduler.registry import NodeRegistry
+from cic_scheduler.watch import NodeChanges
 
 log = logging.getLogger(__name__)
 
 
 class NodeScheduler:
-    def __init__(self, registry: NodeRegistry, policy: Policy, metrics: SchedulerMetrics) -> None:
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        policies: RoutingPolicies,
+        metrics: SchedulerMetrics,
+        changes: NodeChanges | None = None,
+    ) -> None:
         self.registry = registry
-        self._policy = policy
+        self._policies = policies
         self._metrics = metrics
+        self._changes = changes
+
+    async def _changed(self, node_id: str) -> None:
+        """Tells every replica's node watchers (``WatchNodes``) that the node changed."""
+        if self._changes is not None:
+            await self._changes.node_changed(node_id)
 
     async def _refresh_gauges(self) -> None:
         self._metrics.refresh_nodes(await self.registry.list_nodes())
@@ -41,6 +57,7 @@ class NodeScheduler:
             node.endpoint,
             node.state.value,
         )
+        await self._changed(node.id)
         await self._refresh_gauges()
         return node
 
@@ -50,12 +67,14 @@ class NodeScheduler:
     async def drain(self, node_id: str) -> NodeView:
         node = await self.registry.drain(node_id)
         log.info("node %s draining with %d in flight", node.id, node.in_flight)
+        await self._changed(node.id)
         await self._refresh_gauges()
         return node
 
     async def deregister(self, node_id: str) -> None:
         await self.registry.deregister(node_id)
         log.info("node %s deregistered", node_id)
+        await self._changed(node_id)
         await self._refresh_gauges()
 
     async def list_nodes(self, model: str | None) -> list[NodeView]:
@@ -63,39 +82,59 @@ class NodeScheduler:
 
     async def pick(self, request: PickRequest) -> Lease:
         started = time.perf_counter()
+        policy = self._policies.for_model(request.model)
         try:
-            lease = await self.registry.acquire(request, self._policy)
+            lease = await self.registry.acquire(request, policy)
         except ModelNotServed:
-            self._metrics.picks.labels(UNKNOWN_MODEL_LABEL, "unknown_model").inc()
+            self._metrics.picks.labels(UNKNOWN_MODEL_LABEL, policy.name, "unknown_model").inc()
             raise
         except NoReadyNode:
-            self._metrics.picks.labels(request.model, "no_node").inc()
+            self._metrics.picks.labels(request.model, policy.name, "no_node").inc()
             raise
         finally:
             self._metrics.pick_seconds.observe(time.perf_counter() - started)
-        self._metrics.picks.labels(request.model, "ok").inc()
+        self._metrics.picks.labels(request.model, policy.name, "ok").inc()
         self._metrics.set_in_flight(lease.node)
+        if lease.trial:
+            log.info("node %s takes its half-open trial (lease %s)", lease.node.id, lease.lease_id)
         return lease
 
     async def release(
         self, lease_id: str, outcome: Outcome, prompt_tokens: int, completion_tokens: int
     ) -> Release:
-        released = await self.registry.release(lease_id, outcome)
-        self._metrics.releases.labels(outcome.value).inc()
+        [released] = await self.release_many(
+            [LeaseReturn(lease_id, outcome, prompt_tokens, completion_tokens)]
+        )
+        return released
+
+    async def release_many(self, returns: Sequence[LeaseReturn]) -> list[Release]:
+        """Gives the leases back in one round trip to the registry, each as :meth:`release`."""
+        pairs = [(r.lease_id, r.outcome) for r in returns]
+        released = await self.registry.release_many(pairs)
+        for given_back, result in zip(returns, released, strict=True):
+            await self._account(given_back, result)
+        return released
+
+    async def _account(self, given_back: LeaseReturn, released: Release) -> None:
+        self._metrics.releases.labels(given_back.outcome.value).inc()
         node = released.node
         if node is None:
             self._metrics.unknown_lease_releases.inc()
-            log.info("release of unknown or expired lease %s ignored", lease_id)
-            return released
+            log.info("release of unknown or expired lease %s ignored", given_back.lease_id)
+            return
         self._metrics.set_in_flight(node)
-        self._metrics.released_tokens.labels(node.model, "prompt").inc(max(prompt_tokens, 0))
-        self._metrics.released_tokens.labels(node.model, "completion").inc(
-            max(completion_tokens, 0)
-        )
+        tokens = self._metrics.released_tokens
+        tokens.labels(node.model, "prompt").inc(max(given_back.prompt_tokens, 0))
+        tokens.labels(node.model, "completion").inc(max(given_back.completion_tokens, 0))
+        if released.breaker_closed:
+            log.info("node %s: its half-open trial succeeded, breaker closed", node.id)
+        changed = released.marked_unhealthy or released.breaker_closed
+        if changed or node.state is not NodeState.READY:
+            await self._changed(node.id)
         if released.marked_unhealthy:
-            log.warning("node %s is unhealthy after consecutive node errors", node.id)
+            log.warning("node %s: breaker opened after node errors", node.id)
+        if changed:
             await self._refresh_gauges()
-        return released
 
     async def expire_leases(self) -> None:
         expired = await self.registry.expire_leases()
@@ -103,5 +142,7 @@ class NodeScheduler:
             return
         self._metrics.leases_expired.inc(len(expired))
         for lease in expired:
-            log.warning("lease %s on node %s expired unreleased", lease.lease_id, lease.node.id)
+            log.warning("lease %s on node %s expired unreleased", lease.lease_id, lease.node_id)
+        for node_id in sorted({lease.node_id for lease in expired}):
+            await self._changed(node_id)
         await self._refresh_gauges()

@@ -1,4 +1,9 @@
-"""Active health checks: every node's ``GET {endpoint}/health``, all nodes probed concurrently."""
+"""Active health checks: every node's ``GET {endpoint}/health``, all nodes probed concurrently.
+
+Each probe feeds the node's circuit breaker through ``registry.record_probe``: a failure counts
+as a node failure, a success closes a half-open breaker. With several replicas only the signals
+collector (:class:`SignalsLeadership`) probes, so failures are counted once, not once per replica.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import logging
 
 import aiohttp
 
+from cic_scheduler.leadership import SignalsLeadership
 from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.nodes import NodeView
 from cic_scheduler.registry import NodeRegistry
+from cic_scheduler.watch import NodeChanges
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +34,22 @@ class HealthProber:
         session: aiohttp.ClientSession,
         timeout_s: float,
         metrics: SchedulerMetrics,
+        leadership: SignalsLeadership | None = None,
+        changes: NodeChanges | None = None,
     ) -> None:
         self._registry = registry
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._metrics = metrics
+        self._leadership = leadership
+        self._changes = changes
 
     async def probe_all(self) -> None:
+        held = self._leadership is None or await self._leadership.hold()
+        self._metrics.signals_collector.set(1 if held else 0)
+        if not held:
+            self._metrics.refresh_nodes(await self._registry.list_nodes())
+            return
         nodes = [n for n in await self._registry.list_nodes() if not n.state.is_terminal]
         await asyncio.gather(*(self._probe(node) for node in nodes))
         self._metrics.refresh_nodes(await self._registry.list_nodes())
@@ -44,7 +60,11 @@ class HealthProber:
             self._metrics.probe_failures.inc()
             log.debug("health probe of node %s failed: %s", node.id, failure)
         after = await self._registry.record_probe(node.id, node.endpoint, ok=failure is None)
-        if after is None or after.healthy == node.healthy:
+        if after is None or (after.healthy, after.breaker) == (node.healthy, node.breaker):
+            return
+        if self._changes is not None:
+            await self._changes.node_changed(node.id)
+        if after.healthy == node.healthy:
             return
         if after.healthy:
             log.info("node %s is healthy again", node.id)

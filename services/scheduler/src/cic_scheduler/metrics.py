@@ -6,13 +6,21 @@ from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from cic_scheduler.nodes import NodeState, NodeView
+from cic_scheduler.nodes import BreakerState, NodeState, NodeView
 
 _PICK_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 # Picks of a model nobody serves are counted under this label, so that clients sending made-up
 # model names cannot grow the label set without bound.
 UNKNOWN_MODEL_LABEL = "_unknown"
+
+
+# The breaker state gauge's values.
+BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
+
+
+def breaker_state_value(node: NodeView) -> int:
+    return BREAKER_STATE_VALUES[node.breaker]
 
 
 class SchedulerMetrics:
@@ -25,8 +33,8 @@ class SchedulerMetrics:
         )
         self.picks = Counter(
             "cic_scheduler_picks_total",
-            "Picks by model and outcome (ok, no_node, unknown_model)",
-            ["model", "outcome"],
+            "Picks by model, routing policy and outcome (ok, no_node, unknown_model)",
+            ["model", "policy", "outcome"],
             registry=registry,
         )
         self.releases = Counter(
@@ -62,6 +70,22 @@ class SchedulerMetrics:
             ["node_id", "model"],
             registry=registry,
         )
+        self.node_breaker_state = Gauge(
+            "cic_scheduler_node_breaker_state",
+            "Circuit breaker per node: 0 closed (takes traffic), 1 open, 2 half-open",
+            ["node_id", "model"],
+            registry=registry,
+        )
+        self.load_scrape_failures = Counter(
+            "cic_scheduler_load_scrape_failures_total",
+            "Failed scrapes of a node's /metrics (error status, refused, timed out, not vLLM's)",
+            registry=registry,
+        )
+        self.signals_collector = Gauge(
+            "cic_scheduler_signals_collector",
+            "1 while this replica is the one scraping and probing the nodes, else 0",
+            registry=registry,
+        )
         self.nodes = Gauge(
             "cic_scheduler_nodes",
             "Registered nodes by state and health",
@@ -74,6 +98,7 @@ class SchedulerMetrics:
     def set_in_flight(self, node: NodeView) -> None:
         self._in_flight_labels.add((node.id, node.model))
         self.node_in_flight.labels(node.id, node.model).set(node.in_flight)
+        self.node_breaker_state.labels(node.id, node.model).set(breaker_state_value(node))
 
     def refresh_nodes(self, nodes: Iterable[NodeView]) -> None:
         """Sets the node gauges from a snapshot of the whole registry (removed nodes included)."""
@@ -85,6 +110,7 @@ class SchedulerMetrics:
             present.add((node.id, node.model))
         for stale in self._in_flight_labels - present:
             self.node_in_flight.remove(*stale)
+            self.node_breaker_state.remove(*stale)
         self._in_flight_labels = present
         for (state, healthy), count in counts.items():
             self.nodes.labels(state, healthy).set(count)

@@ -29,6 +29,15 @@ class Outcome(StrEnum):
     CLIENT_ERROR = "client_error"
 
 
+class BreakerState(StrEnum):
+    """A node's circuit breaker: closed takes traffic, open takes none, half-open admits one
+    trial pick across all replicas."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """What a registrant says about a node."""
@@ -38,6 +47,20 @@ class NodeSpec:
     endpoint: str
     state: NodeState = NodeState.READY
     labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """A node's own load as last scraped from its vLLM ``/metrics``.
+
+    ``running`` and ``waiting`` are request counts, ``kv_cache_usage`` is in 0..1 and
+    ``scraped_at`` is the wall-clock time (seconds since the epoch) of the scrape.
+    """
+
+    running: float
+    waiting: float
+    kv_cache_usage: float
+    scraped_at: float
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,8 @@ class NodeView:
     in_flight: int
     healthy: bool
     last_heartbeat: datetime
+    load: LoadSample | None = None
+    breaker: BreakerState = BreakerState.CLOSED
 
     @property
     def serves_traffic(self) -> bool:
@@ -65,6 +90,15 @@ class PickRequest:
 
     model: str
     exclude_node_ids: frozenset[str] = frozenset()
+    prefix_key: str = ""
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    """A lease the sweeper gave back because nobody released it within its TTL."""
+
+    lease_id: str
+    node_id: str
 
 
 @dataclass(frozen=True)
@@ -73,15 +107,28 @@ class Lease:
 
     lease_id: str
     node: NodeView
+    trial: bool = False  # the one pick a half-open breaker admits
+
+
+@dataclass(frozen=True)
+class LeaseReturn:
+    """One lease given back by a caller, with how its request ended and the tokens it used."""
+
+    lease_id: str
+    outcome: Outcome
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class Release:
     """What a release did: the node it freed (None when the lease was unknown or expired), and
-    whether this release's node error took the node out of rotation."""
+    whether it opened the node's breaker (took it out of rotation) or closed it (a trial's
+    success)."""
 
     node: NodeView | None
     marked_unhealthy: bool = False
+    breaker_closed: bool = False
 
     @property
     def known(self) -> bool:

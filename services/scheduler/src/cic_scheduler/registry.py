@@ -1,14 +1,24 @@
 """The node registry interface: nodes, their health, and the leases taken on them.
 
-Issue 2 keeps the registry in one process's memory (:mod:`cic_scheduler.registry_memory`); a
-registry shared by scheduler replicas through Redis implements this same interface.
+The registry lives in Redis (:mod:`cic_scheduler.registry_redis`), shared by every scheduler
+replica; each method is atomic across replicas.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
-from cic_scheduler.nodes import Lease, NodeSpec, NodeView, Outcome, PickRequest, Release
+from cic_scheduler.nodes import (
+    ExpiredLease,
+    Lease,
+    LoadSample,
+    NodeSpec,
+    NodeView,
+    Outcome,
+    PickRequest,
+    Release,
+)
 from cic_scheduler.policy import Policy
 
 
@@ -17,8 +27,8 @@ class NodeRegistry(ABC):
     async def register(self, spec: NodeSpec) -> NodeView:
         """Adds the node or updates the one with its id, keeping that one's leases.
 
-        The registrant vouches that the node's ``/health`` answered: the node is healthy again
-        and its failure counts start from zero.
+        The registrant vouches that the node's ``/health`` answered: its breaker closes and its
+        failure counts start from zero.
         """
 
     @abstractmethod
@@ -40,20 +50,32 @@ class NodeRegistry(ABC):
 
     @abstractmethod
     async def acquire(self, request: PickRequest, policy: Policy) -> Lease:
-        """Lets ``policy`` choose among the nodes that may serve ``request`` and takes a slot on
-        the chosen one, atomically. Raises ``ModelNotServed`` when no node of the model is
+        """Lets ``policy`` choose among the nodes that may serve ``request`` (ready, breaker
+        closed or admitting its half-open trial, not excluded) and takes a slot on the chosen
+        one, atomically. Raises ``ModelNotServed`` when no node of the model is
         launching, ready or draining, ``NoReadyNode`` when none of them may take it."""
 
     @abstractmethod
     async def release(self, lease_id: str, outcome: Outcome) -> Release:
         """Gives a lease back (an unknown or expired one is ignored) and counts the outcome:
-        consecutive node errors make the node unhealthy, a success resets the count."""
+        consecutive node errors open the node's breaker, a success resets the count; the
+        half-open trial's success closes the breaker and its node error re-opens it."""
+
+    async def release_many(self, returns: Sequence[tuple[str, Outcome]]) -> list[Release]:
+        """Like :meth:`release` for each ``(lease_id, outcome)`` in order."""
+        return [await self.release(lease_id, outcome) for lease_id, outcome in returns]
 
     @abstractmethod
-    async def expire_leases(self) -> list[Lease]:
-        """Gives back every lease older than its TTL; returns them."""
+    async def expire_leases(self) -> list[ExpiredLease]:
+        """Gives back every lease older than its TTL (a lost half-open trial re-opens its
+        node's breaker); returns them."""
 
     @abstractmethod
     async def record_probe(self, node_id: str, endpoint: str, ok: bool) -> NodeView | None:
-        """Counts one health probe of ``endpoint``; one success makes the node healthy,
-        consecutive failures unhealthy. None when the node is gone or its endpoint changed."""
+        """Counts one health probe of ``endpoint``: consecutive failures open the breaker, a
+        failure re-opens a half-open one and a success closes it. None when the node is gone or
+        its endpoint changed."""
+
+    @abstractmethod
+    async def update_load(self, node_id: str, sample: LoadSample) -> None:
+        """Stores the node's latest load sample (a gone node is ignored)."""

@@ -6,20 +6,25 @@ import logging
 
 import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry
+from redis.asyncio import Redis
 
 from cic.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from cic_common.grpc_server import GrpcServer
 from cic_common.metrics import GrpcMetrics
+from cic_common.redis import create_redis
 from cic_common.runtime import stop_event_on_signals
 from cic_scheduler.background import PeriodicTask
 from cic_scheduler.config import SchedulerSettings
 from cic_scheduler.core import NodeScheduler
 from cic_scheduler.health import HealthProber
+from cic_scheduler.leadership import SignalsLeadership
+from cic_scheduler.load import LoadScraper
 from cic_scheduler.metrics import SchedulerMetrics
-from cic_scheduler.policy import LeastLoadedPolicy, Policy
+from cic_scheduler.policy import RoutingPolicies, make_policy, parse_policy_by_model
 from cic_scheduler.registry import NodeRegistry
-from cic_scheduler.registry_memory import InMemoryNodeRegistry
+from cic_scheduler.registry_redis import RedisNodeRegistry
 from cic_scheduler.servicer import SERVICE_NAME, SchedulerServicer
+from cic_scheduler.watch import NodeChanges, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +39,30 @@ class SchedulerService:
         scheduler: NodeScheduler,
         prober: HealthProber,
         session: aiohttp.ClientSession,
+        redis: Redis,
+        *,
+        scraper: LoadScraper,
+        leadership: SignalsLeadership,
+        watch_hub: WatchHub,
     ) -> None:
         self.settings = settings
         self.grpc_server = grpc_server
         self.scheduler = scheduler
         self.prober = prober
         self._session = session
+        self.redis = redis
+        self.scraper = scraper
+        self.leadership = leadership
+        self.watch_hub = watch_hub
         self._tasks = [
+            PeriodicTask("load-scraper", settings.load_scrape_interval_s, scraper.scrape_all),
             PeriodicTask("health-prober", settings.health_probe_interval_s, prober.probe_all),
             PeriodicTask("lease-sweeper", settings.lease_sweep_interval_s, scheduler.expire_leases),
         ]
 
     async def start(self, host: str = "[::]") -> int:
         """Binds ``GRPC_PORT`` (0: any free port), starts the background tasks; returns the port."""
+        await self.watch_hub.start()
         port = await self.grpc_server.start(self.settings.grpc_port, host=host)
         for task in self._tasks:
             task.start()
@@ -55,10 +71,13 @@ class SchedulerService:
     async def stop(self, grace_s: float | None = None) -> None:
         """Health NOT_SERVING, calls in flight finish within the grace; then tasks, then clients."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self.watch_hub.stop()  # watchers follow another replica; the grace is not held
         await self.grpc_server.stop(grace)
         for task in self._tasks:
             await task.stop()
+        await self.leadership.give_up()
         await self._session.close()
+        await self.redis.aclose()
 
 
 async def create_service(
@@ -66,26 +85,61 @@ async def create_service(
     registry: CollectorRegistry = REGISTRY,
     *,
     node_registry: NodeRegistry | None = None,
-    policy: Policy | None = None,
+    policies: RoutingPolicies | None = None,
 ) -> SchedulerService:
     """Builds the service (nothing listens until ``start()``); call inside the running loop."""
     metrics = SchedulerMetrics(registry)
-    nodes = node_registry or InMemoryNodeRegistry(
+    redis = create_redis(settings.redis_url)
+    nodes = node_registry or RedisNodeRegistry(
+        redis,
+        settings.redis_key_prefix,
         lease_ttl_s=settings.lease_ttl_s,
-        unhealthy_after_failures=settings.unhealthy_after_failures,
+        breaker_failures=settings.breaker_failures,
+        breaker_open_s=settings.breaker_open_s,
     )
-    scheduler = NodeScheduler(nodes, policy or LeastLoadedPolicy(), metrics)
+    signals_prefix = f"{settings.redis_key_prefix}scheduler:"
+    changes = NodeChanges(redis, signals_prefix)
+    scheduler = NodeScheduler(
+        nodes, policies or routing_policies(settings), metrics, changes=changes
+    )
+    watch_hub = WatchHub(redis, signals_prefix, nodes)
     metrics.refresh_nodes(await nodes.list_nodes())
     grpc_server = GrpcServer(GrpcMetrics(registry))
     grpc_server.add_service(
-        SERVICE_NAME, pb_grpc.add_SchedulerServiceServicer_to_server, SchedulerServicer(scheduler)
+        SERVICE_NAME,
+        pb_grpc.add_SchedulerServiceServicer_to_server,
+        SchedulerServicer(scheduler, watch_hub),
     )
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=settings.health_probe_timeout_s),
         headers={"User-Agent": "cic-scheduler"},
     )
-    prober = HealthProber(nodes, session, settings.health_probe_timeout_s, metrics)
-    return SchedulerService(settings, grpc_server, scheduler, prober, session)
+    leadership = SignalsLeadership(redis, signals_prefix, settings.signals_collector_ttl_s)
+    prober = HealthProber(
+        nodes, session, settings.health_probe_timeout_s, metrics, leadership, changes
+    )
+    scraper = LoadScraper(nodes, session, settings.load_scrape_timeout_s, metrics, leadership)
+    return SchedulerService(
+        settings,
+        grpc_server,
+        scheduler,
+        prober,
+        session,
+        redis,
+        scraper=scraper,
+        leadership=leadership,
+        watch_hub=watch_hub,
+    )
+
+
+def routing_policies(settings: SchedulerSettings) -> RoutingPolicies:
+    """ROUTING_POLICY for every model, except those named in ROUTING_POLICY_BY_MODEL."""
+    scoring, bound = settings.load_scoring, settings.prefix_affinity_max_extra_load
+    by_model = {
+        model: make_policy(name, scoring, bound)
+        for model, name in parse_policy_by_model(settings.routing_policy_by_model).items()
+    }
+    return RoutingPolicies(make_policy(settings.routing_policy, scoring, bound), by_model)
 
 
 async def serve(settings: SchedulerSettings) -> None:

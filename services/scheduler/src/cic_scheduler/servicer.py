@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
@@ -11,6 +12,7 @@ from cic.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from cic_scheduler import convert
 from cic_scheduler.core import NodeScheduler
 from cic_scheduler.nodes import (
+    LeaseReturn,
     ModelNotServed,
     NodeNotFound,
     NodeTerminated,
@@ -18,6 +20,7 @@ from cic_scheduler.nodes import (
     PickRequest,
     SchedulerError,
 )
+from cic_scheduler.watch import ChangeKind, NodeEvent, WatchHub
 
 SERVICE_NAME = "cic.scheduler.v1.SchedulerService"
 
@@ -35,9 +38,23 @@ async def _abort(context: grpc.aio.ServicerContext, err: SchedulerError) -> NoRe
     raise AssertionError("context.abort returned")
 
 
+_CHANGE_KINDS = {
+    ChangeKind.SNAPSHOT: pb.CHANGE_KIND_SNAPSHOT,
+    ChangeKind.UPSERTED: pb.CHANGE_KIND_UPSERTED,
+    ChangeKind.REMOVED: pb.CHANGE_KIND_REMOVED,
+}
+
+
+def _watch_response(event: NodeEvent) -> pb.WatchNodesResponse:
+    return pb.WatchNodesResponse(
+        kind=_CHANGE_KINDS[event.kind], nodes=[convert.node_to_proto(n) for n in event.nodes]
+    )
+
+
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
-    def __init__(self, scheduler: NodeScheduler) -> None:
+    def __init__(self, scheduler: NodeScheduler, watch_hub: WatchHub | None = None) -> None:
         self._scheduler = scheduler
+        self._watch_hub = watch_hub
 
     async def RegisterNode(
         self, request: pb.RegisterNodeRequest, context: grpc.aio.ServicerContext
@@ -78,7 +95,11 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListNodesResponse:
-        nodes = await self._scheduler.list_nodes(request.model or None)
+        try:
+            model = convert.optional_model(request.model)
+        except SchedulerError as err:
+            await _abort(context, err)
+        nodes = await self._scheduler.list_nodes(model)
         return pb.ListNodesResponse(nodes=[convert.node_to_proto(n) for n in nodes])
 
     async def PickNode(
@@ -87,7 +108,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         try:
             pick = PickRequest(
                 model=convert.model_name(request.model),
-                exclude_node_ids=frozenset(request.exclude_node_ids),
+                exclude_node_ids=convert.exclude_node_ids(request.exclude_node_ids),
+                prefix_key=convert.prefix_key(request.prefix_key),
             )
             lease = await self._scheduler.pick(pick)
         except SchedulerError as err:
@@ -97,10 +119,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ReleaseNode(
         self, request: pb.ReleaseNodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseNodeResponse:
-        if not request.lease_id:
-            await _abort(context, convert.InvalidArgument("lease_id is required"))
+        try:
+            lease_id = convert.lease_id(request.lease_id)
+        except SchedulerError as err:
+            await _abort(context, err)
         await self._scheduler.release(
-            request.lease_id,
+            lease_id,
             convert.outcome(request.outcome),
             request.prompt_tokens,
             request.completion_tokens,
@@ -110,12 +134,27 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ReleaseNodes(
         self, request: pb.ReleaseNodesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseNodesResponse:
-        for release in request.releases:
-            if release.lease_id:
-                await self._scheduler.release(
-                    release.lease_id,
-                    convert.outcome(release.outcome),
-                    release.prompt_tokens,
-                    release.completion_tokens,
-                )
+        returns = [
+            LeaseReturn(
+                r.lease_id, convert.outcome(r.outcome), r.prompt_tokens, r.completion_tokens
+            )
+            for r in request.releases
+            if r.lease_id
+        ]
+        if returns:
+            await self._scheduler.release_many(returns)
         return pb.ReleaseNodesResponse()
+
+    async def WatchNodes(
+        self, request: pb.WatchNodesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchNodesResponse]:
+        try:
+            model = convert.optional_model(request.model)
+        except SchedulerError as err:
+            await _abort(context, err)
+        hub = self._watch_hub
+        if hub is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this scheduler cannot be watched")
+            return
+        async for event in hub.follow(model):
+            yield _watch_response(event)

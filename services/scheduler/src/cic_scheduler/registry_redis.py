@@ -1,0 +1,223 @@
+"""The node registry in Redis, shared by every scheduler replica.
+
+Every change is one Lua script (``lua/*.lua``, each prefixed with ``lua/common.lua``), so each
+is atomic across replicas; a pick is one script and one round trip. The key layout is described
+in ``lua/common.lua`` and the node hash in ``lua/register.lua``; every key starts with
+``{REDIS_KEY_PREFIX}scheduler:``. Scripts touch node keys they compute from the model's node set,
+so the registry needs a single Redis (or one hash slot), not a sharded cluster. Times are the
+scheduler's wall clock (epoch seconds): replicas should keep their clocks in sync.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+from cic_scheduler.nodes import (
+    BreakerState,
+    ExpiredLease,
+    Lease,
+    LoadSample,
+    ModelNotServed,
+    NodeNotFound,
+    NodeSpec,
+    NodeState,
+    NodeTerminated,
+    NodeView,
+    NoReadyNode,
+    Outcome,
+    PickRequest,
+    Release,
+)
+from cic_scheduler.policy import Policy
+from cic_scheduler.registry import NodeRegistry
+
+_SCRIPTS = ("register", "touch", "deregister", "list", "load", "pick", "release", "expire", "probe")
+_EXPIRE_BATCH = 500
+
+
+def _script_source(name: str) -> str:
+    folder = resources.files("cic_scheduler") / "lua"
+    common = (folder / "common.lua").read_text(encoding="utf-8")
+    return common + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisNodeRegistry(NodeRegistry):
+    def __init__(
+        self,
+        redis: Redis,
+        key_prefix: str,
+        *,
+        lease_ttl_s: float,
+        breaker_failures: int,
+        breaker_open_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self.prefix = f"{key_prefix}scheduler:"
+        self._lease_ttl_s = lease_ttl_s
+        self._breaker_failures = breaker_failures
+        self._breaker_open_s = breaker_open_s
+        self._clock = clock
+        self._scripts = {name: redis.register_script(_script_source(name)) for name in _SCRIPTS}
+
+    async def _run(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
+        return await self._scripts[name](keys=list(keys), args=[self.prefix, *args])
+
+    def _view(self, reply: Sequence[Any], now: float) -> NodeView:
+        node_id, in_flight, flat = reply
+        fields = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        stored = BreakerState(fields.get("breaker", "closed"))
+        opened_at = float(fields.get("opened_at") or 0)
+        breaker = stored
+        if stored is BreakerState.OPEN and now >= opened_at + self._breaker_open_s:
+            breaker = BreakerState.HALF_OPEN
+        load = None
+        if fields.get("load_at"):
+            load = LoadSample(
+                running=float(fields["load_running"]),
+                waiting=float(fields["load_waiting"]),
+                kv_cache_usage=float(fields["load_kv"]),
+                scraped_at=float(fields["load_at"]),
+            )
+        return NodeView(
+            id=_text(node_id),
+            model=fields["model"],
+            endpoint=fields["endpoint"],
+            state=NodeState(fields["state"]),
+            labels=json.loads(fields["labels"]),
+            in_flight=int(in_flight),
+            healthy=stored is BreakerState.CLOSED,
+            last_heartbeat=datetime.fromtimestamp(float(fields["heartbeat"]), UTC),
+            load=load,
+            breaker=breaker,
+        )
+
+    def _breaker_args(self) -> tuple[float, int]:
+        return self._breaker_open_s, self._breaker_failures
+
+    async def register(self, spec: NodeSpec) -> NodeView:
+        now = self._clock()
+        labels = json.dumps(dict(spec.labels), sort_keys=True)
+        reply = await self._run(
+            "register", spec.id, spec.model, spec.endpoint, spec.state.value, labels, now
+        )
+        return self._view(reply, now)
+
+    async def _touch(self, node_id: str, action: str) -> NodeView:
+        now = self._clock()
+        reply = await self._run("touch", node_id, action, now)
+        status = _text(reply[0])
+        if status == "missing":
+            raise NodeNotFound(node_id)
+        if status == "terminal":
+            raise NodeTerminated(node_id, NodeState(_text(reply[1])))
+        return self._view(reply[1], now)
+
+    async def heartbeat(self, node_id: str) -> NodeView:
+        return await self._touch(node_id, "heartbeat")
+
+    async def drain(self, node_id: str) -> NodeView:
+        return await self._touch(node_id, "drain")
+
+    async def deregister(self, node_id: str) -> None:
+        if not await self._run("deregister", node_id):
+            raise NodeNotFound(node_id)
+
+    async def list_nodes(self, model: str | None = None) -> list[NodeView]:
+        now = self._clock()
+        replies = await self._run("list", model or "")
+        return sorted((self._view(r, now) for r in replies), key=lambda v: v.id)
+
+    async def update_load(self, node_id: str, sample: LoadSample) -> None:
+        await self._run(
+            "load",
+            node_id,
+            sample.running,
+            sample.waiting,
+            sample.kv_cache_usage,
+            sample.scraped_at,
+        )
+
+    async def acquire(self, request: PickRequest, policy: Policy) -> Lease:
+        rule = policy.rule()
+        now = self._clock()
+        lease_id = uuid.uuid4().hex
+        p = self.prefix
+        keys = (f"{p}model:{request.model}", f"{p}turn:{request.model}")
+        reply = await self._run(
+            "pick",
+            now,
+            lease_id,
+            now + self._lease_ttl_s,
+            self._breaker_open_s,
+            rule.mode,
+            rule.scoring.waiting_weight,
+            rule.scoring.kv_cache_weight,
+            rule.scoring.max_sample_age_s,
+            rule.max_extra_load,
+            request.prefix_key,
+            *sorted(request.exclude_node_ids),
+            keys=(*keys, f"{p}lease_expiry", f"{p}lease_node"),
+        )
+        status = _text(reply[0])
+        if status == "not_served":
+            raise ModelNotServed(request.model)
+        if status == "no_node":
+            raise NoReadyNode(request.model)
+        return Lease(lease_id=lease_id, node=self._view(reply[1], now), trial=bool(reply[2]))
+
+    async def release(self, lease_id: str, outcome: Outcome) -> Release:
+        return (await self.release_many([(lease_id, outcome)]))[0]
+
+    async def release_many(self, returns: Sequence[tuple[str, Outcome]]) -> list[Release]:
+        """Every release its own script (atomic each), all sent in one round trip."""
+        now = self._clock()
+        script = self._scripts["release"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for lease_id, outcome in returns:
+                args = [self.prefix, lease_id, outcome.value, now, self._breaker_failures]
+                await script(keys=[], args=args, client=pipe)
+            replies = await pipe.execute()
+        return [self._release(reply, now) for reply in replies]
+
+    def _release(self, reply: Sequence[Any], now: float) -> Release:
+        if not reply[0]:
+            return Release(node=None)
+        transition = _text(reply[1])
+        return Release(
+            node=self._view(reply[2], now),
+            marked_unhealthy=transition == "opened",
+            breaker_closed=transition == "closed",
+        )
+
+    async def expire_leases(self) -> list[ExpiredLease]:
+        expired: list[ExpiredLease] = []
+        while True:
+            flat = await self._run("expire", self._clock(), _EXPIRE_BATCH)
+            pairs = [_text(v) for v in flat]
+            expired.extend(
+                ExpiredLease(*pair) for pair in zip(pairs[::2], pairs[1::2], strict=True)
+            )
+            if len(pairs) < 2 * _EXPIRE_BATCH:
+                return expired
+
+    async def record_probe(self, node_id: str, endpoint: str, ok: bool) -> NodeView | None:
+        now = self._clock()
+        reply = await self._run(
+            "probe", node_id, endpoint, 1 if ok else 0, now, *self._breaker_args()
+        )
+        if not reply:
+            return None
+        return self._view(reply[1], now)
