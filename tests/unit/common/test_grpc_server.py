@@ -4,6 +4,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from cic.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -16,10 +17,13 @@ class _Billing(billing_pb2_grpc.BillingServiceServicer):
     def __init__(self) -> None:
         self.seen_metadata: dict[str, str] = {}
         self.seen_deadline: float | None = None
+        self.seen_trace_ids: list[str] = []
 
     async def RecordUsage(self, request, context):
         self.seen_metadata = {k: v for k, v in context.invocation_metadata()}
         self.seen_deadline = context.time_remaining()
+        span_context = trace.get_current_span().get_span_context()
+        self.seen_trace_ids.append(format(span_context.trace_id, "032x"))
         if not request.events:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no events")
         return billing_pb2.RecordUsageResponse(recorded=len(request.events))
@@ -117,3 +121,16 @@ async def test_port_in_use_is_refused(server) -> None:
     with pytest.raises(Exception):  # noqa: B017  (grpc raises RuntimeError or OSError by version)
         await other.start(port, host="127.0.0.1")
     await other.stop(0)
+
+
+async def test_each_call_continues_its_own_callers_trace(server) -> None:
+    _, port, servicer, _ = server
+    trace_ids = ["0af7651916cd43dd8448eb211c80319c", "4bf92f3577b34da6a3ce929d0e0e4736"]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = billing_pb2_grpc.BillingServiceStub(ch)
+        request = billing_pb2.RecordUsageRequest(events=[billing_pb2.UsageEvent(request_id="r")])
+        for trace_id in [*trace_ids, trace_ids[0]]:
+            metadata = (("traceparent", f"00-{trace_id}-b7ad6b7169203331-01"),)
+            await stub.RecordUsage(request, metadata=metadata)
+        await stub.RecordUsage(request)
+    assert servicer.seen_trace_ids == [*trace_ids, trace_ids[0], "0" * 32]

@@ -24,8 +24,10 @@ async def cancel_and_wait(task: asyncio.Task[None]) -> None:
 
 
 class PeriodicTask:
-    """Runs ``action`` every ``interval_s`` (the first time after one interval) until stopped.
-    A round that fails is logged and the next round runs as usual."""
+    """Runs ``action`` every ``interval_s`` (the first time after one interval) until stopped:
+    rounds start on a fixed clock, so a round that takes part of the interval does not stretch
+    the period; one that overruns it is followed at once by the next. A round that fails is
+    logged and the next round runs as usual."""
 
     def __init__(self, name: str, interval_s: float, action: Callable[[], Awaitable[None]]) -> None:
         self.name = name
@@ -47,9 +49,20 @@ class PeriodicTask:
         await cancel_and_wait(task)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._interval_s
         while not self._stopping:
-            await asyncio.sleep(self._interval_s)
+            await asyncio.sleep(max(due - loop.time(), 0.0))
             try:
                 await self._action()
             except Exception:
                 log.exception("%s: round failed", self.name)
+            due = max(due + self._interval_s, loop.time())
+
+
+async def staggered(delay_s: float, action: Callable[[], Awaitable[object]]) -> None:
+    """Awaits ``action`` after ``delay_s``: a round's nodes, each started a step after the last,
+    spread its work over the interval instead of stalling the event loop all at once."""
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
+    await action()

@@ -8,10 +8,12 @@ collector (:class:`SignalsLeadership`) probes, so failures are counted once, not
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import aiohttp
 
+from cic_scheduler.background import staggered
 from cic_scheduler.leadership import SignalsLeadership
 from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.nodes import NodeView
@@ -44,14 +46,18 @@ class HealthProber:
         self._leadership = leadership
         self._changes = changes
 
-    async def probe_all(self) -> None:
+    async def probe_all(self, spread_s: float = 0.0) -> None:
+        """Probes every node once, their starts spread evenly over ``spread_s`` seconds."""
         held = self._leadership is None or await self._leadership.hold()
         self._metrics.signals_collector.set(1 if held else 0)
         if not held:
             self._metrics.refresh_nodes(await self._registry.list_nodes())
             return
         nodes = [n for n in await self._registry.list_nodes() if not n.state.is_terminal]
-        await asyncio.gather(*(self._probe(node) for node in nodes))
+        step = spread_s / max(len(nodes), 1)
+        await asyncio.gather(
+            *(staggered(i * step, functools.partial(self._probe, n)) for i, n in enumerate(nodes))
+        )
         self._metrics.refresh_nodes(await self._registry.list_nodes())
 
     async def _probe(self, node: NodeView) -> None:

@@ -12,6 +12,7 @@ scrapes (and probes), so each node is scraped once per interval whatever the rep
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from cic_scheduler.background import staggered
 from cic_scheduler.leadership import SignalsLeadership
 from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.nodes import LoadSample, NodeView
@@ -102,13 +104,17 @@ class LoadScraper:
         self._metrics = metrics
         self._leadership = leadership
 
-    async def scrape_all(self) -> None:
+    async def scrape_all(self, spread_s: float = 0.0) -> None:
+        """Scrapes every node once, their starts spread evenly over ``spread_s`` seconds."""
         held = self._leadership is None or await self._leadership.hold()
         self._metrics.signals_collector.set(1 if held else 0)
         if not held:
             return
         nodes = [n for n in await self._registry.list_nodes() if not n.state.is_terminal]
-        await asyncio.gather(*(self.scrape(node) for node in nodes))
+        step = spread_s / max(len(nodes), 1)
+        await asyncio.gather(
+            *(staggered(i * step, functools.partial(self.scrape, n)) for i, n in enumerate(nodes))
+        )
 
     async def scrape(self, node: NodeView) -> LoadSample | None:
         """Scrapes one node and stores its sample; None (and nothing stored) when it failed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import aiohttp
@@ -27,6 +28,9 @@ from cic_scheduler.servicer import SERVICE_NAME, SchedulerServicer
 from cic_scheduler.watch import NodeChanges, WatchHub
 
 log = logging.getLogger(__name__)
+
+# The share of its interval over which a scrape or probe round spreads its nodes' starts.
+_SPREAD_SHARE = 0.8
 
 
 class SchedulerService:
@@ -54,9 +58,19 @@ class SchedulerService:
         self.scraper = scraper
         self.leadership = leadership
         self.watch_hub = watch_hub
+        scrape_every = settings.load_scrape_interval_s
+        probe_every = settings.health_probe_interval_s
         self._tasks = [
-            PeriodicTask("load-scraper", settings.load_scrape_interval_s, scraper.scrape_all),
-            PeriodicTask("health-prober", settings.health_probe_interval_s, prober.probe_all),
+            PeriodicTask(
+                "load-scraper",
+                scrape_every,
+                functools.partial(scraper.scrape_all, scrape_every * _SPREAD_SHARE),
+            ),
+            PeriodicTask(
+                "health-prober",
+                probe_every,
+                functools.partial(prober.probe_all, probe_every * _SPREAD_SHARE),
+            ),
             PeriodicTask("lease-sweeper", settings.lease_sweep_interval_s, scheduler.expire_leases),
         ]
 
