@@ -84,6 +84,7 @@ class FakeNodeHealth:
         self.status = 200
         self.hang = False
         self.calls = 0
+        self.arrivals: list[float] = []  # loop time of each request
         self.port = free_port()
         self._runner: web.AppRunner | None = None
 
@@ -93,6 +94,7 @@ class FakeNodeHealth:
 
     async def _health(self, request: web.Request) -> web.Response:
         self.calls += 1
+        self.arrivals.append(asyncio.get_running_loop().time())
         if self.hang:
             await asyncio.sleep(30)
         return web.Response(status=self.status)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from tests.unit.scheduler.conftest import StartScheduler
 from tests.unit.scheduler.support import FakeNodeHealth, RunningScheduler, eventually
 
@@ -56,3 +58,17 @@ async def test_only_one_replica_probes_so_failures_count_once(
     assert len(collectors) == 1
     assert [failures(r) for r in replicas if r is not collectors[0]] == [0, 0]
     assert failures(collectors[0]) >= 3
+
+
+async def test_a_round_spreads_its_probes_over_the_interval(
+    start_scheduler: StartScheduler, node_health: FakeNodeHealth
+) -> None:
+    """Probes of a round start one step apart rather than all at once, so a round over many
+    nodes does not stall the event loop that serves picks."""
+    scheduler = await start_scheduler(HEALTH_PROBE_INTERVAL_S="3600")
+    for n in range(4):
+        await scheduler.register(f"n{n}", endpoint=node_health.endpoint)
+    await scheduler.service.prober.probe_all(spread_s=0.4)
+    assert len(node_health.arrivals) == 4
+    gaps = [b - a for a, b in itertools.pairwise(node_health.arrivals)]
+    assert all(gap >= 0.08 for gap in gaps), gaps  # each start waits one step (0.1 s) more
