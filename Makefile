@@ -46,7 +46,7 @@ test: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy libs/common/src services/*/src tools/vllm-sim/src
+	.venv/bin/mypy libs/common/src services/*/src tools/vllm-sim/src tools/devstack/src bench
 
 fmt: setup
 	.venv/bin/ruff format .
