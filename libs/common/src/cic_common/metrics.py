@@ -1,4 +1,4 @@
-"""The Prometheus metrics server and the metrics every gRPC server and client shares."""
+"""The Prometheus metrics server and the metrics every gRPC server shares."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class GrpcMetrics:
-    """gRPC server and client metrics, registered in the registry given (the default one in
+    """gRPC server metrics, registered in the registry given (the default one in
     production, a fresh one in tests)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -23,12 +23,6 @@ class GrpcMetrics:
             "Time to handle a gRPC call",
             ["method"],
             buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.client_handled = Counter(
-            "cic_grpc_client_handled_total",
-            "gRPC calls made, by method and status code",
-            ["method", "code"],
             registry=registry,
         )
 

@@ -116,9 +116,3 @@ def to_row(index: int, event: billing_pb2.UsageEvent, prices: PriceTable) -> Led
         streamed=event.streamed,
         status_code=event.status_code,
     )
-
-
-def to_rows(events: Sequence[billing_pb2.UsageEvent], prices: PriceTable) -> list[LedgerRow]:
-    """Checks the whole batch, then prices every event."""
-    check_batch(events)
-    return [to_row(index, event, prices) for index, event in enumerate(events)]

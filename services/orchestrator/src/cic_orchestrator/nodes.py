@@ -20,7 +20,6 @@ class NodeState(StrEnum):
 
 
 LIVE_STATES = (NodeState.LAUNCHING, NodeState.READY, NodeState.DRAINING)
-FINAL_STATES = (NodeState.TERMINATED, NodeState.FAILED)
 
 
 def new_node_id() -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 _STOP_RETRY_S = 0.5
@@ -60,9 +62,17 @@ class PeriodicTask:
             due = max(due + self._interval_s, loop.time())
 
 
-async def staggered(delay_s: float, action: Callable[[], Awaitable[object]]) -> None:
-    """Awaits ``action`` after ``delay_s``: a round's nodes, each started a step after the last,
-    spread its work over the interval instead of stalling the event loop all at once."""
-    if delay_s > 0:
-        await asyncio.sleep(delay_s)
-    await action()
+async def spread_over(
+    items: Sequence[T], action: Callable[[T], Awaitable[object]], spread_s: float
+) -> None:
+    """Runs ``action`` on every item concurrently, their starts spread evenly over
+    ``spread_s`` seconds: a round over many nodes then does not stall the event loop all at
+    once. With ``spread_s`` 0 every action starts at once."""
+    step = spread_s / max(len(items), 1)
+
+    async def one(delay_s: float, item: T) -> None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        await action(item)
+
+    await asyncio.gather(*(one(i * step, item) for i, item in enumerate(items)))

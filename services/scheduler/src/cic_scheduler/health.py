@@ -7,17 +7,15 @@ collector (:class:`SignalsLeadership`) probes, so failures are counted once, not
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 
 import aiohttp
 
-from cic_scheduler.background import staggered
-from cic_scheduler.leadership import SignalsLeadership
+from cic_scheduler.background import spread_over
+from cic_scheduler.leadership import SignalsLeadership, holds_collector
 from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.nodes import NodeView
-from cic_scheduler.registry import NodeRegistry
+from cic_scheduler.registry import NodeRegistry, live_nodes
 from cic_scheduler.watch import NodeChanges
 
 log = logging.getLogger(__name__)
@@ -48,16 +46,10 @@ class HealthProber:
 
     async def probe_all(self, spread_s: float = 0.0) -> None:
         """Probes every node once, their starts spread evenly over ``spread_s`` seconds."""
-        held = self._leadership is None or await self._leadership.hold()
-        self._metrics.signals_collector.set(1 if held else 0)
-        if not held:
+        if not await holds_collector(self._leadership, self._metrics):
             self._metrics.refresh_nodes(await self._registry.list_nodes())
             return
-        nodes = [n for n in await self._registry.list_nodes() if not n.state.is_terminal]
-        step = spread_s / max(len(nodes), 1)
-        await asyncio.gather(
-            *(staggered(i * step, functools.partial(self._probe, n)) for i, n in enumerate(nodes))
-        )
+        await spread_over(await live_nodes(self._registry), self._probe, spread_s)
         self._metrics.refresh_nodes(await self._registry.list_nodes())
 
     async def _probe(self, node: NodeView) -> None:

@@ -14,6 +14,8 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cic_scheduler.metrics import SchedulerMetrics
+
 log = logging.getLogger(__name__)
 
 # Renews the key when this holder has it, else takes it when free: 1 when held afterwards.
@@ -71,3 +73,11 @@ class SignalsLeadership:
             await self._give_up(keys=[self.key], args=[self.holder])
         except RedisError as err:
             log.warning("cannot free the signals collector key: %s", err)
+
+
+async def holds_collector(leadership: SignalsLeadership | None, metrics: SchedulerMetrics) -> bool:
+    """Whether this replica collects the node signals this round (always, with no leadership),
+    shown in the ``cic_scheduler_signals_collector`` gauge."""
+    held = leadership is None or await leadership.hold()
+    metrics.signals_collector.set(1 if held else 0)
+    return held

@@ -11,8 +11,6 @@ scrapes (and probes), so each node is scraped once per interval whatever the rep
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -20,11 +18,11 @@ from collections.abc import Iterable
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from cic_scheduler.background import staggered
-from cic_scheduler.leadership import SignalsLeadership
+from cic_scheduler.background import spread_over
+from cic_scheduler.leadership import SignalsLeadership, holds_collector
 from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.nodes import LoadSample, NodeView
-from cic_scheduler.registry import NodeRegistry
+from cic_scheduler.registry import NodeRegistry, live_nodes
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +104,8 @@ class LoadScraper:
 
     async def scrape_all(self, spread_s: float = 0.0) -> None:
         """Scrapes every node once, their starts spread evenly over ``spread_s`` seconds."""
-        held = self._leadership is None or await self._leadership.hold()
-        self._metrics.signals_collector.set(1 if held else 0)
-        if not held:
-            return
-        nodes = [n for n in await self._registry.list_nodes() if not n.state.is_terminal]
-        step = spread_s / max(len(nodes), 1)
-        await asyncio.gather(
-            *(staggered(i * step, functools.partial(self.scrape, n)) for i, n in enumerate(nodes))
-        )
+        if await holds_collector(self._leadership, self._metrics):
+            await spread_over(await live_nodes(self._registry), self.scrape, spread_s)
 
     async def scrape(self, node: NodeView) -> LoadSample | None:
         """Scrapes one node and stores its sample; None (and nothing stored) when it failed."""

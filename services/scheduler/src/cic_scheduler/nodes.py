@@ -78,11 +78,6 @@ class NodeView:
     load: LoadSample | None = None
     breaker: BreakerState = BreakerState.CLOSED
 
-    @property
-    def serves_traffic(self) -> bool:
-        """Ready and healthy: the only nodes a pick may choose."""
-        return self.state is NodeState.READY and self.healthy
-
 
 @dataclass(frozen=True)
 class PickRequest:

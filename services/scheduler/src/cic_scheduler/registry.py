@@ -79,3 +79,8 @@ class NodeRegistry(ABC):
     @abstractmethod
     async def update_load(self, node_id: str, sample: LoadSample) -> None:
         """Stores the node's latest load sample (a gone node is ignored)."""
+
+
+async def live_nodes(registry: NodeRegistry) -> list[NodeView]:
+    """Every node not terminated or failed: the ones signal rounds look at."""
+    return [n for n in await registry.list_nodes() if not n.state.is_terminal]

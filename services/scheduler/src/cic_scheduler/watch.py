@@ -124,10 +124,6 @@ class WatchHub:
             await cancel_and_wait(listener)
         await self._close_pubsub()
 
-    @property
-    def watcher_count(self) -> int:
-        return len(self._watchers)
-
     async def follow(self, model: str | None) -> AsyncIterator[NodeEvent]:
         """A snapshot of the nodes (of ``model``), then every change, until the hub stops."""
         watcher = _Watcher()
