@@ -33,6 +33,7 @@ import orjson
 import psutil
 import uvloop
 from cpu import CpuMeter
+from loadgen import PhaseResult
 from report import MAX_OTHER_CORES, percentile
 from scheduler_harness import (
     process_of,
@@ -95,17 +96,9 @@ def arrivals(rate: float, duration_s: float, seed: int) -> list[Arrival]:
 
 
 @dataclass
-class PolicyRun:
-    latencies: list[float] = field(default_factory=list)
+class PolicyRun(PhaseResult):
     by_node: Counter[str] = field(default_factory=Counter)
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
     wall_s: float = 0.0
-
-    def fail(self, what: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < 5:
-            self.error_samples.append(what)
 
 
 class Replayer:

@@ -37,6 +37,7 @@ import psutil
 import uvloop
 from cpu import CpuMeter
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loadgen import PhaseResult
 from report import MAX_OTHER_CORES, percentile
 from scheduler_harness import (
     process_of,
@@ -83,21 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @dataclass
-class PickPhase:
+class PickPhase(PhaseResult):
     """Pick latencies and send lateness (seconds) of the picks due after the warm-up."""
 
-    latencies: list[float] = field(default_factory=list)
     release_latencies: list[float] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)
     sent: int = 0
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
-    window_s: float = 0.0
-
-    def fail(self, what: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < 5:
-            self.error_samples.append(what)
 
 
 def _rpc_error(error: BaseException | None) -> str:
