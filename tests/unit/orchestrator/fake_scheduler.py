@@ -35,7 +35,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         return [method for method, called_for in self.calls if called_for == node_id]
 
     def forget(self, node_id: str) -> None:
-        """As after a scheduler restart: the in-memory registry no longer has the node."""
+        """As after the scheduler's registry lost the node (e.g. Redis data lost)."""
         self.nodes.pop(node_id, None)
 
     async def RegisterNode(self, request, context):
