@@ -43,10 +43,9 @@ def _model_of(body: dict[str, Any]) -> str:
 
 
 def _stream_body(body: dict[str, Any]) -> tuple[bytes, UsageWish]:
-    """The body the node gets for a stream (usage always on) and the usage the client wants."""
+    """The body the node gets for a stream (usage always on) and the usage the client wants;
+    ``check_fields`` has already made sure ``stream_options`` is an object when present."""
     options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise bad_request("stream_options must be an object", param="stream_options")
     wish = UsageWish.from_request(options)
     return orjson.dumps({**body, "stream_options": upstream_stream_options(options)}), wish
 
