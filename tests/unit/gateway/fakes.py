@@ -37,6 +37,12 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.releases: list[Release] = []
         self._lease_ids = itertools.count(1)
         self._released = asyncio.Condition()
+        self.route = True  # serves the Route stream
+        self.route_calls = 0
+        self.route_streams = 0
+        self.route_delay_s = 0.0
+        self.unary_picks = 0
+        self._routes_broken = asyncio.Event()
 
     def add_node(self, node_id: str, model: str, endpoint: str, *, ready: bool = True) -> None:
         state = scheduler_pb2.NODE_STATE_READY if ready else scheduler_pb2.NODE_STATE_LAUNCHING
@@ -46,12 +52,14 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         )
 
-    async def PickNode(self, request, context):
+    def _pick(
+        self, request: scheduler_pb2.PickNodeRequest
+    ) -> scheduler_pb2.PickNodeResponse | tuple[grpc.StatusCode, str]:
         self.picks.append(request.model)
         self.prefix_keys.append(request.prefix_key)
         nodes = [n for n in self.nodes if n.model == request.model]
         if not nodes:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model}")
+            return grpc.StatusCode.NOT_FOUND, f"unknown model {request.model}"
         self.excluded.append(list(request.exclude_node_ids))
         ready = [
             n
@@ -59,10 +67,58 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
             if n.state == scheduler_pb2.NODE_STATE_READY and n.id not in request.exclude_node_ids
         ]
         if not ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no ready node for {request.model}")
+            return grpc.StatusCode.UNAVAILABLE, f"no ready node for {request.model}"
         return scheduler_pb2.PickNodeResponse(
             node=ready[0], lease_id=f"lease-{next(self._lease_ids)}"
         )
+
+    async def PickNode(self, request, context):
+        self.unary_picks += 1
+        picked = self._pick(request)
+        if isinstance(picked, tuple):
+            await context.abort(*picked)
+        return picked
+
+    async def Route(self, request_iterator, context):
+        """As the real scheduler's: picks answered by id, releases unanswered. Answers UNIMPLEMENTED
+        when ``route`` is False, as a scheduler without the stream would; each answer waits
+        ``route_delay_s``; ``break_routes()`` ends every open stream with UNAVAILABLE."""
+        self.route_calls += 1
+        if not self.route:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        self.route_streams += 1
+        broken = asyncio.ensure_future(self._routes_broken.wait())
+        try:
+            while True:
+                message = asyncio.ensure_future(context.read())
+                await asyncio.wait({message, broken}, return_when=asyncio.FIRST_COMPLETED)
+                if broken.done():
+                    message.cancel()
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "scheduler going away")
+                message = message.result()
+                if message is grpc.aio.EOF:
+                    return
+                for release in message.releases:
+                    await self.ReleaseNode(release, context)
+                answers = [self._route_answer(pick) for pick in message.picks]
+                if answers:
+                    await asyncio.sleep(self.route_delay_s)
+                    await context.write(scheduler_pb2.RouteResponse(picks=answers))
+        finally:
+            broken.cancel()
+
+    def _route_answer(self, pick: scheduler_pb2.RoutePick) -> scheduler_pb2.RoutePicked:
+        picked = self._pick(pick.request)
+        if isinstance(picked, tuple):
+            code, text = picked
+            return scheduler_pb2.RoutePicked(
+                id=pick.id, error_code=code.value[0], error_message=text
+            )
+        return scheduler_pb2.RoutePicked(id=pick.id, picked=picked)
+
+    def break_routes(self) -> None:
+        self._routes_broken.set()
+        self._routes_broken = asyncio.Event()
 
     async def ReleaseNode(self, request, context):
         self.releases.append(

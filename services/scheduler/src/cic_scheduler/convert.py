@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import grpc
 from yarl import URL
 
 from cic.scheduler.v1 import scheduler_pb2 as pb
 from cic_scheduler.nodes import (
     BreakerState,
+    Lease,
+    LeaseReturn,
+    ModelNotServed,
+    NodeNotFound,
     NodeSpec,
     NodeState,
+    NodeTerminated,
     NodeView,
+    NoReadyNode,
     Outcome,
+    PickRequest,
     SchedulerError,
 )
 
@@ -169,3 +177,35 @@ def node_to_proto(node: NodeView) -> pb.Node:
         message.load.kv_cache_usage = node.load.kv_cache_usage
         message.load.scraped_at.FromNanoseconds(int(node.load.scraped_at * 1e9))
     return message
+
+
+def pick_request(request: pb.PickNodeRequest) -> PickRequest:
+    return PickRequest(
+        model=model_name(request.model),
+        exclude_node_ids=exclude_node_ids(request.exclude_node_ids),
+        prefix_key=prefix_key(request.prefix_key),
+    )
+
+
+def picked(lease: Lease) -> pb.PickNodeResponse:
+    return pb.PickNodeResponse(node=node_to_proto(lease.node), lease_id=lease.lease_id)
+
+
+def lease_return(request: pb.ReleaseNodeRequest) -> LeaseReturn:
+    return LeaseReturn(
+        request.lease_id, outcome(request.outcome), request.prompt_tokens, request.completion_tokens
+    )
+
+
+_STATUS_CODES: dict[type[SchedulerError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NodeNotFound: grpc.StatusCode.NOT_FOUND,
+    ModelNotServed: grpc.StatusCode.NOT_FOUND,
+    NoReadyNode: grpc.StatusCode.UNAVAILABLE,
+    NodeTerminated: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_code(err: SchedulerError) -> grpc.StatusCode:
+    """The gRPC status a call ends with when it fails with ``err``."""
+    return _STATUS_CODES.get(type(err), grpc.StatusCode.FAILED_PRECONDITION)

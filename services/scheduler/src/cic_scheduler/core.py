@@ -15,10 +15,10 @@ from cic_scheduler.nodes import (
     NodeSpec,
     NodeState,
     NodeView,
-    NoReadyNode,
     Outcome,
     PickRequest,
     Release,
+    SchedulerError,
 )
 from cic_scheduler.policy import RoutingPolicies
 from cic_scheduler.registry import NodeRegistry
@@ -81,23 +81,38 @@ class NodeScheduler:
         return await self.registry.list_nodes(model)
 
     async def pick(self, request: PickRequest) -> Lease:
+        [result] = await self.pick_many([request])
+        if isinstance(result, SchedulerError):
+            raise result
+        return result
+
+    async def pick_many(self, requests: Sequence[PickRequest]) -> list[Lease | SchedulerError]:
+        """Each request picked as :meth:`pick` would, all in one round trip to the registry; a
+        pick that fails gives its error in its place."""
         started = time.perf_counter()
-        policy = self._policies.for_model(request.model)
-        try:
-            lease = await self.registry.acquire(request, policy)
-        except ModelNotServed:
-            self._metrics.picks.labels(UNKNOWN_MODEL_LABEL, policy.name, "unknown_model").inc()
-            raise
-        except NoReadyNode:
-            self._metrics.picks.labels(request.model, policy.name, "no_node").inc()
-            raise
-        finally:
-            self._metrics.pick_seconds.observe(time.perf_counter() - started)
-        self._metrics.picks.labels(request.model, policy.name, "ok").inc()
-        self._metrics.set_in_flight(lease.node)
-        if lease.trial:
-            log.info("node %s takes its half-open trial (lease %s)", lease.node.id, lease.lease_id)
-        return lease
+        policies = [self._policies.for_model(r.model) for r in requests]
+        results = await self.registry.acquire_many(list(zip(requests, policies, strict=True)))
+        elapsed = time.perf_counter() - started
+        for request, policy, result in zip(requests, policies, results, strict=True):
+            self._metrics.pick_seconds.observe(elapsed)
+            self._account_pick(request, policy.name, result)
+        return results
+
+    def _account_pick(
+        self, request: PickRequest, policy: str, result: Lease | SchedulerError
+    ) -> None:
+        if isinstance(result, ModelNotServed):
+            self._metrics.picks.labels(UNKNOWN_MODEL_LABEL, policy, "unknown_model").inc()
+            return
+        if isinstance(result, SchedulerError):
+            self._metrics.picks.labels(request.model, policy, "no_node").inc()
+            return
+        self._metrics.picks.labels(request.model, policy, "ok").inc()
+        self._metrics.set_in_flight(result.node)
+        if result.trial:
+            log.info(
+                "node %s takes its half-open trial (lease %s)", result.node.id, result.lease_id
+            )
 
     async def release(
         self, lease_id: str, outcome: Outcome, prompt_tokens: int, completion_tokens: int

@@ -18,6 +18,7 @@ from cic_scheduler.nodes import (
     Outcome,
     PickRequest,
     Release,
+    SchedulerError,
 )
 from cic_scheduler.policy import Policy
 
@@ -54,6 +55,19 @@ class NodeRegistry(ABC):
         closed or admitting its half-open trial, not excluded) and takes a slot on the chosen
         one, atomically. Raises ``ModelNotServed`` when no node of the model is
         launching, ready or draining, ``NoReadyNode`` when none of them may take it."""
+
+    async def acquire_many(
+        self, picks: Sequence[tuple[PickRequest, Policy]]
+    ) -> list[Lease | SchedulerError]:
+        """Like :meth:`acquire` for each ``(request, policy)`` in order, each atomic on its own;
+        a pick that fails gives its error in its place instead of raising."""
+        results: list[Lease | SchedulerError] = []
+        for request, policy in picks:
+            try:
+                results.append(await self.acquire(request, policy))
+            except SchedulerError as err:
+                results.append(err)
+        return results
 
     @abstractmethod
     async def release(self, lease_id: str, outcome: Outcome) -> Release:

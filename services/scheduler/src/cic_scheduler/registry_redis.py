@@ -35,6 +35,7 @@ from cic_scheduler.nodes import (
     Outcome,
     PickRequest,
     Release,
+    SchedulerError,
 )
 from cic_scheduler.policy import Policy
 from cic_scheduler.registry import NodeRegistry
@@ -150,14 +151,21 @@ class RedisNodeRegistry(NodeRegistry):
             sample.scraped_at,
         )
 
-    async def acquire(self, request: PickRequest, policy: Policy) -> Lease:
+    def _pick_call(
+        self, request: PickRequest, policy: Policy, now: float
+    ) -> tuple[str, list[str], list[Any]]:
+        """A new lease id and the pick script's keys and arguments for ``request``."""
         rule = policy.rule()
-        now = self._clock()
         lease_id = uuid.uuid4().hex
         p = self.prefix
-        keys = (f"{p}model:{request.model}", f"{p}turn:{request.model}")
-        reply = await self._run(
-            "pick",
+        keys = [
+            f"{p}model:{request.model}",
+            f"{p}turn:{request.model}",
+            f"{p}lease_expiry",
+            f"{p}lease_node",
+        ]
+        args = [
+            p,
             now,
             lease_id,
             now + self._lease_ttl_s,
@@ -169,14 +177,45 @@ class RedisNodeRegistry(NodeRegistry):
             rule.max_extra_load,
             request.prefix_key,
             *sorted(request.exclude_node_ids),
-            keys=(*keys, f"{p}lease_expiry", f"{p}lease_node"),
-        )
+        ]
+        return lease_id, keys, args
+
+    def _picked(self, request: PickRequest, lease_id: str, reply: Any, now: float) -> Lease:
         status = _text(reply[0])
         if status == "not_served":
             raise ModelNotServed(request.model)
         if status == "no_node":
             raise NoReadyNode(request.model)
         return Lease(lease_id=lease_id, node=self._view(reply[1], now), trial=bool(reply[2]))
+
+    async def acquire(self, request: PickRequest, policy: Policy) -> Lease:
+        now = self._clock()
+        lease_id, keys, args = self._pick_call(request, policy, now)
+        reply = await self._scripts["pick"](keys=keys, args=args)
+        return self._picked(request, lease_id, reply, now)
+
+    async def acquire_many(
+        self, picks: Sequence[tuple[PickRequest, Policy]]
+    ) -> list[Lease | SchedulerError]:
+        """Every pick its own script (atomic each), all sent in one round trip."""
+        if len(picks) == 1:
+            return await super().acquire_many(picks)
+        now = self._clock()
+        script = self._scripts["pick"]
+        lease_ids = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request, policy in picks:
+                lease_id, keys, args = self._pick_call(request, policy, now)
+                lease_ids.append(lease_id)
+                await script(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        results: list[Lease | SchedulerError] = []
+        for (request, _), lease_id, reply in zip(picks, lease_ids, replies, strict=True):
+            try:
+                results.append(self._picked(request, lease_id, reply, now))
+            except SchedulerError as err:
+                results.append(err)
+        return results
 
     async def release(self, lease_id: str, outcome: Outcome) -> Release:
         return (await self.release_many([(lease_id, outcome)]))[0]

@@ -11,30 +11,15 @@ from cic.scheduler.v1 import scheduler_pb2 as pb
 from cic.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from cic_scheduler import convert
 from cic_scheduler.core import NodeScheduler
-from cic_scheduler.nodes import (
-    LeaseReturn,
-    ModelNotServed,
-    NodeNotFound,
-    NodeTerminated,
-    NoReadyNode,
-    PickRequest,
-    SchedulerError,
-)
+from cic_scheduler.nodes import SchedulerError
+from cic_scheduler.route import RouteSession
 from cic_scheduler.watch import ChangeKind, NodeEvent, WatchHub
 
 SERVICE_NAME = "cic.scheduler.v1.SchedulerService"
 
-_CODES: dict[type[SchedulerError], grpc.StatusCode] = {
-    convert.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NodeNotFound: grpc.StatusCode.NOT_FOUND,
-    ModelNotServed: grpc.StatusCode.NOT_FOUND,
-    NoReadyNode: grpc.StatusCode.UNAVAILABLE,
-    NodeTerminated: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
 
 async def _abort(context: grpc.aio.ServicerContext, err: SchedulerError) -> NoReturn:
-    await context.abort(_CODES.get(type(err), grpc.StatusCode.FAILED_PRECONDITION), str(err))
+    await context.abort(convert.status_code(err), str(err))
     raise AssertionError("context.abort returned")
 
 
@@ -106,15 +91,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.PickNodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.PickNodeResponse:
         try:
-            pick = PickRequest(
-                model=convert.model_name(request.model),
-                exclude_node_ids=convert.exclude_node_ids(request.exclude_node_ids),
-                prefix_key=convert.prefix_key(request.prefix_key),
-            )
-            lease = await self._scheduler.pick(pick)
+            lease = await self._scheduler.pick(convert.pick_request(request))
         except SchedulerError as err:
             await _abort(context, err)
-        return pb.PickNodeResponse(node=convert.node_to_proto(lease.node), lease_id=lease.lease_id)
+        return convert.picked(lease)
 
     async def ReleaseNode(
         self, request: pb.ReleaseNodeRequest, context: grpc.aio.ServicerContext
@@ -134,13 +114,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ReleaseNodes(
         self, request: pb.ReleaseNodesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseNodesResponse:
-        returns = [
-            LeaseReturn(
-                r.lease_id, convert.outcome(r.outcome), r.prompt_tokens, r.completion_tokens
-            )
-            for r in request.releases
-            if r.lease_id
-        ]
+        returns = [convert.lease_return(r) for r in request.releases if r.lease_id]
         if returns:
             await self._scheduler.release_many(returns)
         return pb.ReleaseNodesResponse()
@@ -158,3 +132,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             return
         async for event in hub.follow(model):
             yield _watch_response(event)
+
+    async def Route(
+        self, request_iterator: AsyncIterator[pb.RouteRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RouteResponse]:
+        async for response in RouteSession(self._scheduler).run(request_iterator):
+            yield response

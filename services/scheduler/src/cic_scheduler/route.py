@@ -1,0 +1,112 @@
+"""``Route``: picks and releases over one long-lived stream.
+
+A gateway routes every request through the scheduler, so the cost of a call per pick is most of
+what the scheduler adds to a request. On a ``Route`` stream a pick is one message, not a call:
+no call set-up, no per-call metadata, deadline or interceptor work on either side. The picks that
+arrive while the previous batch is in Redis are taken together, in one pipelined round trip
+(each still its own atomic pick script), and answered in one message; so under load the cost per
+pick falls as the batches grow, and an idle stream answers each pick at once.
+
+Releases ride the same stream and are not answered; they go to the registry in batches of their
+own, beside the picks, so a burst of releases never holds a pick back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from cic.scheduler.v1 import scheduler_pb2 as pb
+from cic_scheduler import convert
+from cic_scheduler.background import cancel_and_wait
+from cic_scheduler.core import NodeScheduler
+from cic_scheduler.nodes import LeaseReturn, PickRequest, SchedulerError
+
+log = logging.getLogger(__name__)
+
+# Picks taken in one round trip at most; more wait for the next batch.
+MAX_PICKS_PER_BATCH = 256
+
+
+class RouteSession:
+    """One ``Route`` stream: reads requests, takes picks in batches, writes their answers."""
+
+    def __init__(self, scheduler: NodeScheduler) -> None:
+        self._scheduler = scheduler
+        self._picks: list[tuple[int, PickRequest]] = []
+        self._answers: list[pb.RoutePicked] = []  # refused before any Redis work
+        self._releases: list[LeaseReturn] = []
+        self._work = asyncio.Event()
+        self._reading = True
+        self._release_task: asyncio.Task[None] | None = None
+
+    async def run(
+        self, requests: AsyncIterator[pb.RouteRequest]
+    ) -> AsyncIterator[pb.RouteResponse]:
+        """The answers to the picks ``requests`` bring, until the caller closes its side."""
+        reader = asyncio.create_task(self._read(requests))
+        try:
+            while True:
+                await self._work.wait()
+                self._work.clear()
+                while self._picks or self._answers:
+                    batch = self._picks[:MAX_PICKS_PER_BATCH]
+                    del self._picks[: len(batch)]
+                    answers, self._answers = self._answers, []
+                    if batch:
+                        answers.extend(await self._take(batch))
+                    yield pb.RouteResponse(picks=answers)
+                if not self._reading:
+                    break
+            await reader  # its error (if any) ends the call
+        finally:
+            await cancel_and_wait(reader)
+            if self._release_task is not None:
+                # Releases already read are given back even when the caller has gone.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._release_task)
+
+    async def _read(self, requests: AsyncIterator[pb.RouteRequest]) -> None:
+        try:
+            async for message in requests:
+                for pick in message.picks:
+                    self._queue_pick(pick)
+                for release in message.releases:
+                    if release.lease_id:
+                        self._releases.append(convert.lease_return(release))
+                if self._releases and (self._release_task is None or self._release_task.done()):
+                    self._release_task = asyncio.create_task(self._give_back())
+                self._work.set()
+        finally:
+            self._reading = False
+            self._work.set()
+
+    def _queue_pick(self, pick: pb.RoutePick) -> None:
+        try:
+            self._picks.append((pick.id, convert.pick_request(pick.request)))
+        except SchedulerError as err:
+            self._answers.append(self._refusal(pick.id, err))
+
+    def _refusal(self, pick_id: int, err: SchedulerError) -> pb.RoutePicked:
+        code = convert.status_code(err)
+        return pb.RoutePicked(id=pick_id, error_code=code.value[0], error_message=str(err))
+
+    async def _take(self, batch: list[tuple[int, PickRequest]]) -> list[pb.RoutePicked]:
+        results = await self._scheduler.pick_many([request for _, request in batch])
+        answers = []
+        for (pick_id, _), result in zip(batch, results, strict=True):
+            if isinstance(result, SchedulerError):
+                answers.append(self._refusal(pick_id, result))
+            else:
+                answers.append(pb.RoutePicked(id=pick_id, picked=convert.picked(result)))
+        return answers
+
+    async def _give_back(self) -> None:
+        while self._releases:
+            batch, self._releases = self._releases, []
+            try:
+                await self._scheduler.release_many(batch)
+            except Exception:  # the lease TTL gives them back; the stream goes on
+                log.exception("giving back %d leases failed", len(batch))
