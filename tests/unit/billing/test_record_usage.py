@@ -35,6 +35,7 @@ async def test_events_are_stored_with_every_field(billing: RunningBilling) -> No
         "streamed": True,
         "status_code": 200,
         "recorded_at": None,
+        "meter_report_id": None,  # no Stripe report has counted it yet
     }
 
 

@@ -30,7 +30,10 @@ async def test_migrations_create_the_schema_once(database_url: str) -> None:
     async with running_billing(database_url):
         pass
     first = await _applied(database_url)
-    assert [(version, name) for version, name, _ in first] == [(1, "0001_usage_ledger.sql")]
+    assert [(version, name) for version, name, _ in first] == [
+        (1, "0001_usage_ledger.sql"),
+        (2, "0002_stripe.sql"),
+    ]
 
     async with running_billing(database_url):
         pass
@@ -51,8 +54,12 @@ async def test_migrations_create_the_schema_once(database_url: str) -> None:
     finally:
         await conn.close()
     assert [t["table_name"] for t in tables] == [
+        "meter_reports",
         "model_prices",
         "schema_migrations",
+        "stripe_customers",
+        "stripe_events",
+        "tenant_billing_status",
         "usage_events",
     ]
     assert [

@@ -45,6 +45,7 @@ FROM usage_events
 WHERE tenant_id = $1
   AND finished_at >= coalesce($2::timestamptz, '-infinity'::timestamptz)
   AND finished_at < $3::timestamptz
+  AND ($4::text IS NULL OR model = $4::text)
 GROUP BY GROUPING SETS ((model), ())
 ORDER BY is_total DESC, model
 """
@@ -101,13 +102,13 @@ class Ledger:
         return [record["request_id"] for record in records]
 
     async def tenant_usage(
-        self, tenant_id: str, start: datetime | None, end: datetime
+        self, tenant_id: str, start: datetime | None, end: datetime, model: str | None = None
     ) -> TenantUsage:
         """Sums of the tenant's events with ``finished_at`` in ``[start, end)`` (no start: from
-        the beginning), in total and per model."""
+        the beginning), of one model or all, in total and per model."""
         total = UsageSums()
         by_model: dict[str, UsageSums] = {}
-        for record in await self._pool.fetch(_TENANT_USAGE, tenant_id, start, end):
+        for record in await self._pool.fetch(_TENANT_USAGE, tenant_id, start, end, model):
             sums = UsageSums(
                 requests=record["requests"],
                 prompt_tokens=record["prompt_tokens"],

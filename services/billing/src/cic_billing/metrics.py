@@ -41,3 +41,26 @@ class BillingMetrics:
             buckets=_INGEST_BUCKETS,
             registry=registry,
         )
+        self.meter_events = Counter(
+            "cic_billing_stripe_meter_events_total",
+            "Meter events sent to Stripe, by result (sent, duplicate: Stripe had it already,"
+            " retry_later, refused)",
+            ["result"],
+            registry=registry,
+        )
+        self.stripe_customers_created = Counter(
+            "cic_billing_stripe_customers_created_total",
+            "Stripe customers created for tenants",
+            registry=registry,
+        )
+        self.reconcile_shortfalls = Counter(
+            "cic_billing_stripe_reconcile_shortfalls_total",
+            "Tenants for whom a reconciliation found Stripe holding less than was reported",
+            registry=registry,
+        )
+        self.webhook_events = Counter(
+            "cic_billing_stripe_webhook_events_total",
+            "Stripe webhook deliveries, by result (processed, duplicate, rejected)",
+            ["result"],
+            registry=registry,
+        )

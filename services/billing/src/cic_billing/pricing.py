@@ -11,8 +11,9 @@ where both prices are micro-dollars per million tokens. It is computed with Pyth
 own is priced by the ``*`` row.
 
 Prices are cached in memory and reloaded from ``model_prices`` when older than the refresh
-interval, so ingestion does not query prices per event. ``reload()`` is the seam for whatever
-changes prices (the price admin of a later issue calls it after a change).
+interval, so ingestion does not query prices per event. Operators change prices through the
+admin API (billing's SetPrice and DeletePrice RPCs), which reload the cache of the replica that
+made the change; other replicas pick the change up within ``PRICE_REFRESH_S``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -117,5 +119,57 @@ class PriceBook:
                 log.warning("could not reload prices; using prices cached earlier", exc_info=True)
                 return self._table
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
     def _stale(self) -> bool:
         return time.monotonic() - self._loaded_at >= self._refresh_s
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    model: str
+    price: Price
+    updated_at: datetime
+
+
+def _price_row(record: asyncpg.Record) -> PriceRow:
+    return PriceRow(
+        record["model"],
+        Price(record["prompt_micro_usd_per_mtok"], record["completion_micro_usd_per_mtok"]),
+        record["updated_at"],
+    )
+
+
+async def list_prices(pool: asyncpg.Pool) -> list[PriceRow]:
+    rows = await pool.fetch(
+        "SELECT model, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok, updated_at"
+        " FROM model_prices ORDER BY model"
+    )
+    return [_price_row(r) for r in rows]
+
+
+async def set_price(pool: asyncpg.Pool, model: str, price: Price) -> PriceRow:
+    """Creates or replaces the model's price."""
+    row = await pool.fetchrow(
+        "INSERT INTO model_prices (model, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok)"
+        " VALUES ($1, $2, $3) ON CONFLICT (model) DO UPDATE SET"
+        " prompt_micro_usd_per_mtok = EXCLUDED.prompt_micro_usd_per_mtok,"
+        " completion_micro_usd_per_mtok = EXCLUDED.completion_micro_usd_per_mtok,"
+        " updated_at = now()"
+        " RETURNING model, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok, updated_at",
+        model,
+        price.prompt_micro_usd_per_mtok,
+        price.completion_micro_usd_per_mtok,
+    )
+    assert row is not None
+    return _price_row(row)
+
+
+async def delete_price(pool: asyncpg.Pool, model: str) -> bool:
+    """False when the model had no price row."""
+    deleted = await pool.fetchval(
+        "DELETE FROM model_prices WHERE model = $1 RETURNING model", model
+    )
+    return deleted is not None

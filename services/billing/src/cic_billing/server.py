@@ -11,9 +11,13 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from cic.billing.v1 import billing_pb2_grpc
 from cic_billing.config import Settings
 from cic_billing.ledger import Ledger
+from cic_billing.metering import StripeReporter
 from cic_billing.metrics import BillingMetrics
 from cic_billing.pricing import PriceBook
 from cic_billing.servicer import BillingServicer
+from cic_billing.servicer_admin import StripeParts
+from cic_billing.stripe_api import StripeApi
+from cic_billing.webhooks import WebhookStore
 from cic_common import runtime
 from cic_common.db import open_pool
 from cic_common.grpc_server import GrpcServer
@@ -28,7 +32,8 @@ POOL_CLOSE_TIMEOUT_S = 5.0
 
 
 class BillingService:
-    """The gRPC server, its servicer and the Postgres pool, started and stopped together."""
+    """The gRPC server, its servicer, the Stripe reporter (with a Stripe key) and the Postgres
+    pool, started and stopped together."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, registry: CollectorRegistry) -> None:
         self.settings = settings
@@ -36,23 +41,43 @@ class BillingService:
         self.prices = PriceBook(pool, settings.price_refresh_s)
         self.ledger = Ledger(pool)
         self.grpc = GrpcServer(GrpcMetrics(registry))
-        servicer = BillingServicer(self.ledger, self.prices, BillingMetrics(registry))
+        self.metrics = BillingMetrics(registry)
+        self.reporter: StripeReporter | None = None
+        if settings.stripe_api_key is not None:
+            self.reporter = StripeReporter(pool, StripeApi(settings), self.metrics, settings)
+        secret = settings.stripe_webhook_secret
+        stripe = StripeParts(
+            webhooks=WebhookStore(pool),
+            reporter=self.reporter,
+            webhook_secret=secret.get_secret_value() if secret else None,
+            webhook_tolerance_s=settings.stripe_webhook_tolerance_s,
+        )
+        servicer = BillingServicer(self.ledger, self.prices, self.metrics, stripe)
         self.grpc.add_service(
             SERVICE_NAME, billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer
         )
 
     async def start(self, port: int | None = None, host: str = "[::]") -> int:
-        """Loads the prices, then serves on ``port`` (default GRPC_PORT; 0 picks a free one)."""
+        """Loads the prices, serves on ``port`` (default GRPC_PORT; 0 picks a free one), then
+        starts reporting to Stripe."""
         await self.prices.reload()
-        return await self.grpc.start(self.settings.grpc_port if port is None else port, host)
+        bound = await self.grpc.start(self.settings.grpc_port if port is None else port, host)
+        if self.reporter is not None:
+            await self.reporter.start()
+        return bound
 
     async def stop(self) -> None:
-        """Health to NOT_SERVING, lets calls in flight finish within the grace period, then
+        """Health to NOT_SERVING, lets calls in flight finish within the grace period, stops
+        the reporter (a report cut short is sent again later: Stripe refuses the repeat), then
         closes the pool."""
         try:
             await self.grpc.stop(self.settings.shutdown_grace_s)
         finally:
-            await _close_pool(self.pool)
+            try:
+                if self.reporter is not None:
+                    await self.reporter.close()
+            finally:
+                await _close_pool(self.pool)
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:
@@ -90,7 +115,12 @@ async def serve(settings: Settings) -> None:
     except BaseException:
         await service.stop()
         raise
-    log.info("billing serving gRPC on port %d", port)
+    log.info(
+        "billing serving gRPC on port %d; Stripe reporting %s, webhooks %s",
+        port,
+        "on" if service.reporter else "off (no STRIPE_API_KEY)",
+        "on" if settings.stripe_webhook_secret else "off (no STRIPE_WEBHOOK_SECRET)",
+    )
     await stop.wait()
     log.info("billing stopping: finishing calls in flight within %ss", settings.shutdown_grace_s)
     await service.stop()

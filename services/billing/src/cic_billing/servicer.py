@@ -1,4 +1,5 @@
-"""``cic.billing.v1.BillingService``: records usage events once each and sums them per tenant."""
+"""``cic.billing.v1.BillingService``: records usage events once each and sums them per tenant
+(prices, webhooks and reconciliation are in :mod:`cic_billing.servicer_admin`)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from cic_billing.events import InvalidBatchError, check_batch, text_problem, to_
 from cic_billing.ledger import TRANSIENT_DB_ERRORS, Ledger, UsageSums
 from cic_billing.metrics import BillingMetrics
 from cic_billing.pricing import NoPriceError, PriceBook
+from cic_billing.servicer_admin import AdminRpcs, StripeParts
 
 log = logging.getLogger(__name__)
 
 
-class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, ledger: Ledger, prices: PriceBook, metrics: BillingMetrics) -> None:
+class BillingServicer(AdminRpcs, billing_pb2_grpc.BillingServiceServicer):
+    def __init__(
+        self, ledger: Ledger, prices: PriceBook, metrics: BillingMetrics, stripe: StripeParts
+    ) -> None:
+        super().__init__(prices, metrics, stripe)
         self._ledger = ledger
-        self._prices = prices
-        self._metrics = metrics
 
     async def RecordUsage(
         self, request: billing_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
@@ -80,7 +83,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         start = to_datetime(request.start) if request.HasField("start") else None
         end = to_datetime(request.end) if request.HasField("end") else datetime.now(UTC)
         try:
-            usage = await self._ledger.tenant_usage(request.tenant_id, start, end)
+            usage = await self._ledger.tenant_usage(
+                request.tenant_id, start, end, request.model or None
+            )
         except TRANSIENT_DB_ERRORS as err:
             log.warning("usage not read: %s: %s", type(err).__name__, err)
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "the usage ledger is unavailable")
@@ -101,9 +106,10 @@ async def _abort(
 def _usage_request_problem(request: billing_pb2.GetUsageRequest) -> str | None:
     if not request.tenant_id:
         return "tenant_id is empty"
-    problem = text_problem(request.tenant_id)
-    if problem:
-        return f"tenant_id {problem}"
+    for name in ("tenant_id", "model"):
+        problem = text_problem(getattr(request, name))
+        if problem:
+            return f"{name} {problem}"
     times: dict[str, datetime] = {}
     for field in ("start", "end"):
         if request.HasField(field):
