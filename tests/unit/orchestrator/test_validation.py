@@ -66,8 +66,11 @@ def test_accelerators() -> None:
 
 
 def test_clouds() -> None:
-    assert check_cloud("local") == "local"
-    for bad in ("Local", "a b", "x" * 33, "../x"):
+    for good in ("local", "aws", "aws/us-east-1", "gcp/us-central1/us-central1-a", "k8s"):
+        assert check_cloud(good) == good
+    for good in ("kubernetes/my-context", "ssh/my-pool", "aws/*/us-east-1a"):
+        assert check_cloud(good) == good
+    for bad in ("Local", "a b", "x" * 33, "../x", "aws/", "aws/a/b/c", "aws/$(id)", "k8s/a b"):
         with pytest.raises(InvalidNodeRequest, match="cloud must be"):
             check_cloud(bad)
 
@@ -98,12 +101,35 @@ def test_settings_defaults_and_errors() -> None:
     assert settings.local_sim_argv == ["cic-vllm-sim"]
     assert (settings.launch_timeout_s, settings.heartbeat_interval_s) == (120, 5)
     assert (settings.drain_timeout_s, settings.health_poll_interval_s) == (300, 0.5)
+    assert (settings.vllm_version, settings.vllm_port) == ("0.33.0", 8000)
+    assert (settings.scale_up_after_s, settings.scale_down_after_s) == (30, 300)
+    skypilot = parse_settings(
+        Settings,
+        {
+            **base,
+            "NODE_PROVIDERS": "local,skypilot",
+            "SKYPILOT_API_SERVER_ENDPOINT": "http://sky.internal:46580/",
+        },
+    )
+    assert skypilot.enabled_providers == {"local", "skypilot"}
+    assert skypilot.skypilot_api_server_endpoint == "http://sky.internal:46580"
     bad = [
         ({"DATABASE_URL": ""}, "DATABASE_URL is required"),
         ({"SCHEDULER_ADDR": ""}, "SCHEDULER_ADDR is required"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL is invalid"),
         ({"SCHEDULER_ADDR": "nohost"}, "SCHEDULER_ADDR is invalid"),
-        ({"NODE_PROVIDERS": "local,skypilot"}, "NODE_PROVIDERS is invalid: .*skypilot"),
+        ({"NODE_PROVIDERS": "local,cloudy"}, "NODE_PROVIDERS is invalid: .*cloudy"),
+        (
+            {"NODE_PROVIDERS": "local,skypilot"},
+            "SKYPILOT_API_SERVER_ENDPOINT is invalid: .*required when NODE_PROVIDERS names",
+        ),
+        (
+            {"NODE_PROVIDERS": "skypilot", "SKYPILOT_API_SERVER_ENDPOINT": "localhost:46580"},
+            "SKYPILOT_API_SERVER_ENDPOINT is invalid: .*http",
+        ),
+        ({"VLLM_VERSION": "latest"}, "VLLM_VERSION is invalid"),
+        ({"VLLM_VERSION": "0.33.0; curl x|sh"}, "VLLM_VERSION is invalid"),
+        ({"SKYPILOT_CLUSTER_PREFIX": "Cic-"}, "SKYPILOT_CLUSTER_PREFIX is invalid"),
         ({"LOCAL_SIM_COMMAND": "  "}, "LOCAL_SIM_COMMAND is invalid"),
         ({"LAUNCH_TIMEOUT_S": "0"}, "LAUNCH_TIMEOUT_S is invalid"),
     ]

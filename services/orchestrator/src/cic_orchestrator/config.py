@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shlex
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from cic_common.settings import GrpcServiceSettings, HostPort, PostgresUrl
+from cic_orchestrator.task import DEFAULT_VLLM_VERSION, TaskSettings, check_vllm_version
 
 # Providers that LaunchNode can use, by the name NODE_PROVIDERS lists them under.
-KNOWN_PROVIDERS = ("local",)
+KNOWN_PROVIDERS = ("local", "skypilot")
 
 
 class Settings(GrpcServiceSettings):
@@ -31,6 +33,32 @@ class Settings(GrpcServiceSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
     # A draining node is terminated when its in-flight count reaches 0 or after this long.
     drain_timeout_s: float = Field(default=300.0, ge=0, le=86400)
+    # How often the leader looks for clusters no node owns and retries stuck terminations.
+    reconcile_interval_s: float = Field(default=60.0, gt=0, le=86400)
+
+    # What SkyPilot nodes install and serve on (see cic_orchestrator.task).
+    vllm_version: str = DEFAULT_VLLM_VERSION
+    vllm_port: int = Field(default=8000, ge=1024, le=65535)
+    # SkyPilot's API server (the SDK reads the same variable); required with NODE_PROVIDERS
+    # naming skypilot.
+    skypilot_api_server_endpoint: str = Field(default="", validate_default=True)
+    # Clusters are named <prefix>-<node id>; clusters with the prefix that no node owns are
+    # torn down by the reconcile loop.
+    skypilot_cluster_prefix: str = Field(default="cic", pattern=r"^[a-z][a-z0-9]{0,15}$")
+    # A SkyPilot launch (provisioning, setup, vLLM start) fails after this long.
+    skypilot_launch_timeout_s: float = Field(default=1800.0, gt=0, le=86400)
+    # How often a SkyPilot request is asked whether it finished; the bound of one SDK call.
+    skypilot_poll_interval_s: float = Field(default=2.0, gt=0, le=300)
+    skypilot_call_timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+    # Leader election: how often a standby tries to take the lock, and the leader checks it.
+    leader_poll_interval_s: float = Field(default=2.0, gt=0, le=300)
+
+    # Autoscaling (per model, by its scaling policy): how often to look, how long demand must
+    # stay above (below) target before a node is added (drained and removed).
+    autoscale_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    scale_up_after_s: float = Field(default=30.0, ge=0, le=3600)
+    scale_down_after_s: float = Field(default=300.0, ge=0, le=86400)
 
     @field_validator("node_providers")
     @classmethod
@@ -39,6 +67,23 @@ class Settings(GrpcServiceSettings):
             if name not in KNOWN_PROVIDERS:
                 raise ValueError(f"unknown provider {name!r} (known: {', '.join(KNOWN_PROVIDERS)})")
         return value
+
+    @field_validator("vllm_version")
+    @classmethod
+    def _vllm_version(cls, value: str) -> str:
+        return check_vllm_version(value)
+
+    @field_validator("skypilot_api_server_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            if "skypilot" in _split_names(info.data.get("node_providers", "")):
+                raise ValueError("required when NODE_PROVIDERS names skypilot")
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s):// URL")
+        return value.rstrip("/")
 
     @field_validator("local_sim_command")
     @classmethod
@@ -54,6 +99,10 @@ class Settings(GrpcServiceSettings):
     @property
     def enabled_providers(self) -> frozenset[str]:
         return frozenset(_split_names(self.node_providers))
+
+    @property
+    def task_settings(self) -> TaskSettings:
+        return TaskSettings(vllm_version=self.vllm_version, vllm_port=self.vllm_port)
 
     @property
     def local_sim_argv(self) -> list[str]:

@@ -27,6 +27,7 @@ from cic_orchestrator.nodes import (
     NodeRecord,
     NodeSpec,
     NodeState,
+    check_node_id,
     new_node_id,
 )
 from cic_orchestrator.providers import Providers
@@ -76,18 +77,48 @@ class NodeLifecycle:
     # --- requests -------------------------------------------------------------------------
 
     async def launch(
-        self, model: str, accelerators: str, cloud: str, vllm_args: Sequence[str]
+        self,
+        model: str,
+        accelerators: str,
+        cloud: str,
+        vllm_args: Sequence[str],
+        use_spot: bool = False,
     ) -> NodeRecord:
-        check_model(model)
-        check_accelerators(accelerators)
-        provider = self._providers.for_cloud(check_cloud(cloud))
-        args = tuple(provider.check_vllm_args(vllm_args))
-        spec = NodeSpec(new_node_id(), model, accelerators, cloud, args)
+        spec, provider = await self._checked_spec(model, accelerators, cloud, vllm_args, use_spot)
         record = await self._store.insert(spec, provider.name, NodeState.LAUNCHING)
         log.info("node %s: launching %s on %s", record.id, model, provider.name)
         self._run(record.id, self._bring_up(record, provider, launch=True))
         await self.refresh_gauges()
         return record
+
+    async def check_launch(
+        self,
+        model: str,
+        accelerators: str,
+        cloud: str,
+        vllm_args: Sequence[str],
+        use_spot: bool = False,
+    ) -> tuple[str, ...]:
+        """Checks a launch as LaunchNode would (for scaling policies); returns the flags
+        normalised."""
+        spec, _ = await self._checked_spec(model, accelerators, cloud, vllm_args, use_spot)
+        return spec.vllm_args
+
+    async def _checked_spec(
+        self,
+        model: str,
+        accelerators: str,
+        cloud: str,
+        vllm_args: Sequence[str],
+        use_spot: bool,
+    ) -> tuple[NodeSpec, NodeProvider]:
+        check_model(model)
+        check_accelerators(accelerators)
+        provider = self._providers.for_cloud(check_cloud(cloud))
+        args = tuple(provider.check_vllm_args(vllm_args))
+        spec = NodeSpec(new_node_id(), model, accelerators, cloud, args, use_spot)
+        await provider.check_spec(spec)
+        return spec, provider
 
     async def adopt(self, endpoint: str, model: str) -> NodeRecord:
         check_model(model)
@@ -114,7 +145,7 @@ class NodeLifecycle:
         return draining
 
     async def get(self, node_id: str) -> NodeRecord:
-        record = await self._store.get(node_id)
+        record = await self._store.get(check_node_id(node_id))
         if record is None:
             raise NodeNotFound(f"no node {node_id}")
         return record
@@ -220,6 +251,8 @@ class NodeLifecycle:
     async def _launch_and_wait(
         self, record: NodeRecord, provider: NodeProvider, launch: bool
     ) -> str:
+        timeout_s = provider.launch_timeout_s or self._settings.launch_timeout_s
+        deadline = time.monotonic() + timeout_s
         if launch:
             try:
                 launched = await provider.launch(record.spec)
@@ -230,7 +263,15 @@ class NodeLifecycle:
                 await self._store.set_launched(record.id, launched.endpoint, launched.handle)
                 or record
             )
-        unhealthy = await self._wait_healthy(record, provider)
+        unhealthy: _Unhealthy | None = None
+        if not record.endpoint:
+            provisioned = await self._wait_provisioned(record, provider, deadline, timeout_s)
+            if isinstance(provisioned, _Unhealthy):
+                unhealthy = provisioned
+            else:
+                record = provisioned
+        if unhealthy is None:
+            unhealthy = await self._wait_healthy(record, provider, deadline, timeout_s)
         if unhealthy is not None:
             if unhealthy.outcome != "cancelled":
                 await self.fail(record, unhealthy.reason, (NodeState.LAUNCHING, NodeState.READY))
@@ -247,9 +288,31 @@ class NodeLifecycle:
         await self.refresh_gauges()
         return "ready"
 
-    async def _wait_healthy(self, record: NodeRecord, provider: NodeProvider) -> _Unhealthy | None:
-        timeout_s = self._settings.launch_timeout_s
-        deadline = time.monotonic() + timeout_s
+    async def _wait_provisioned(
+        self, record: NodeRecord, provider: NodeProvider, deadline: float, timeout_s: float
+    ) -> NodeRecord | _Unhealthy:
+        """Waits for the provider to bring the node's machine up and stores its endpoint;
+        gives up at the deadline or when a terminate asks."""
+        waiting = asyncio.create_task(provider.provisioned(record.id, record.provider_handle))
+        try:
+            while not waiting.done():
+                if record.id in self._stopping:
+                    return _Unhealthy("cancelled", "terminated while launching")
+                if time.monotonic() >= deadline:
+                    return _Unhealthy("timeout", f"not up within {timeout_s:g}s")
+                await asyncio.wait([waiting], timeout=self._settings.health_poll_interval_s)
+            endpoint = waiting.result()
+        except LaunchError as err:
+            return _Unhealthy("failed", str(err))
+        finally:
+            waiting.cancel()
+        log.info("node %s: machine up at %s", record.id, endpoint)
+        stored = await self._store.set_launched(record.id, endpoint, record.provider_handle)
+        return stored or record
+
+    async def _wait_healthy(
+        self, record: NodeRecord, provider: NodeProvider, deadline: float, timeout_s: float
+    ) -> _Unhealthy | None:
         while record.id not in self._stopping:
             if await self._probe.is_healthy(record.endpoint):
                 return None

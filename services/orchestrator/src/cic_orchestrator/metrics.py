@@ -30,6 +30,24 @@ class OrchestratorMetrics:
             ["provider", "outcome"],
             registry=registry,
         )
+        self.scaling_decisions = Counter(
+            "cic_orchestrator_scaling_decisions_total",
+            "Autoscaler decisions by model, direction (up, down) and result "
+            "(launched, refused, drained)",
+            ["model", "direction", "result"],
+            registry=registry,
+        )
+        self.desired_nodes = Gauge(
+            "cic_orchestrator_desired_nodes",
+            "Nodes the autoscaler wants for a model (its policy applied to the queue)",
+            ["model"],
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "cic_orchestrator_leader",
+            "1 while this replica holds the leader lock and is active, else 0",
+            registry=registry,
+        )
         self._seen: set[tuple[str, str]] = set()
 
     def set_node_counts(self, counts: Mapping[tuple[str, str], int]) -> None:

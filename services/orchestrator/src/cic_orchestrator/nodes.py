@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,8 +23,17 @@ class NodeState(StrEnum):
 LIVE_STATES = (NodeState.LAUNCHING, NodeState.READY, NodeState.DRAINING)
 
 
+_NODE_ID = re.compile(r"^node-[0-9a-f]{12}$")
+
+
 def new_node_id() -> str:
     return f"node-{secrets.token_hex(6)}"
+
+
+def check_node_id(node_id: str) -> str:
+    if not _NODE_ID.match(node_id):
+        raise InvalidNodeRequest("node_id must look like node-0123456789ab")
+    return node_id
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class NodeSpec:
     accelerators: str = ""
     cloud: str = ""
     vllm_args: tuple[str, ...] = ()
+    use_spot: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,12 +64,15 @@ class NodeRecord:
     provider_handle: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    use_spot: bool = False
     # The state the row had just before the update that returned it (TerminateNode uses it).
     previous_state: NodeState | None = field(default=None, compare=False)
 
     @property
     def spec(self) -> NodeSpec:
-        return NodeSpec(self.id, self.model, self.accelerators, self.cloud, self.vllm_args)
+        return NodeSpec(
+            self.id, self.model, self.accelerators, self.cloud, self.vllm_args, self.use_spot
+        )
 
 
 class NodeError(Exception):

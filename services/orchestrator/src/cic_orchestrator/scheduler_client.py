@@ -59,6 +59,25 @@ class SchedulerClient:
             )
         )
 
+    async def queued_by_model(self) -> dict[str, float]:
+        """Requests on each model's nodes that take traffic: running + waiting from the
+        node's own vLLM metrics when scraped, else the scheduler's in-flight count."""
+        reply = await self._stub.ListNodes(scheduler_pb2.ListNodesRequest())
+        queued: dict[str, float] = {}
+        for node in reply.nodes:
+            if node.state != scheduler_pb2.NODE_STATE_READY:
+                continue
+            if node.HasField("load"):
+                load = node.load.running + node.load.waiting
+            else:
+                load = float(node.in_flight)
+            queued[node.model] = queued.get(node.model, 0.0) + max(load, float(node.in_flight))
+        return queued
+
+    async def in_flight_by_node(self) -> dict[str, int]:
+        reply = await self._stub.ListNodes(scheduler_pb2.ListNodesRequest())
+        return {node.id: int(node.in_flight) for node in reply.nodes}
+
     async def in_flight(self, node_id: str) -> int | None:
         """Requests in flight on the node, or None when the scheduler does not know it."""
         reply = await self._stub.ListNodes(scheduler_pb2.ListNodesRequest())

@@ -1,20 +1,25 @@
-"""Builds the orchestrator: its pool, scheduler client, providers, lifecycle, heartbeat loop
-and gRPC server, started and stopped together."""
+"""Builds the orchestrator: its pool, scheduler client, providers, lifecycle, leader election,
+supervision and autoscaler loops and gRPC server, started and stopped together."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from cic.orchestrator.v1 import orchestrator_pb2_grpc
 from cic_common.db import open_pool
 from cic_common.grpc_server import GrpcServer
 from cic_common.metrics import GrpcMetrics
+from cic_orchestrator.autoscaler import Autoscaler
 from cic_orchestrator.config import Settings
 from cic_orchestrator.health_probe import HealthProbe
+from cic_orchestrator.leader import LeaderElection
 from cic_orchestrator.lifecycle import NodeLifecycle
 from cic_orchestrator.metrics import OrchestratorMetrics
+from cic_orchestrator.policies import PolicyStore
 from cic_orchestrator.providers import build_providers
 from cic_orchestrator.scheduler_client import SchedulerClient
 from cic_orchestrator.servicer import OrchestratorServicer
@@ -27,8 +32,10 @@ SERVICE_NAME = "cic.orchestrator.v1.OrchestratorService"
 
 
 class OrchestratorService:
-    """``await start()`` reconciles what a previous run left, starts the heartbeat loop and
-    serves gRPC; ``await stop()`` undoes it all in order and ends the local nodes."""
+    """``await start()`` serves gRPC and takes part in the leader election: the leader
+    reconciles what a previous run left, runs the heartbeat, reconcile and autoscaler loops and
+    answers calls; a standby answers UNAVAILABLE until it takes over. ``await stop()`` undoes
+    it all in order, ends the local nodes and gives the lock up."""
 
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
         self.settings = settings
@@ -37,54 +44,136 @@ class OrchestratorService:
         self.providers = build_providers(settings)
         self.scheduler = SchedulerClient(settings.scheduler_addr)
         self.probe = HealthProbe()
+        self.election = LeaderElection(settings.database_url, settings.leader_poll_interval_s)
         self._pool = None
         self.lifecycle: NodeLifecycle | None = None
         self.supervisor: Supervisor | None = None
+        self.autoscaler: Autoscaler | None = None
+        self._leadership: asyncio.Task[None] | None = None
+        self._active = False
         self._started = False
+
+    @property
+    def active(self) -> bool:
+        """Whether this replica leads (and answers calls)."""
+        return self._active
 
     async def open(self) -> None:
         self._pool = await open_pool(
             self.settings.database_url, "orchestrator", "cic_orchestrator.migrations"
         )
         store = NodeStore(self._pool)
+        policies = PolicyStore(self._pool)
+        s = self.settings
         self.lifecycle = NodeLifecycle(
-            self.settings, store, self.providers, self.scheduler, self.probe, self.metrics
+            s, store, self.providers, self.scheduler, self.probe, self.metrics
         )
-        interval_s = self.settings.heartbeat_interval_s
         self.supervisor = Supervisor(
-            store, self.providers, self.scheduler, self.lifecycle, interval_s
+            store,
+            self.providers,
+            self.scheduler,
+            self.lifecycle,
+            s.heartbeat_interval_s,
+            s.reconcile_interval_s,
+        )
+        self.autoscaler = Autoscaler(
+            policies,
+            store,
+            self.scheduler,
+            self.lifecycle,
+            self.metrics,
+            s.autoscale_interval_s,
+            s.scale_up_after_s,
+            s.scale_down_after_s,
         )
         self.grpc.add_service(
             SERVICE_NAME,
             orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
-            OrchestratorServicer(self.lifecycle),
+            OrchestratorServicer(self.lifecycle, policies, lambda: self._active),
         )
 
     async def start(self, host: str = "[::]") -> int:
-        assert self.supervisor is not None
-        await self.supervisor.reconcile()
-        self.supervisor.start()
+        # A replica that gets the lock at once leads before it takes its first call.
+        if await self.election.try_acquire():
+            await self._lead()
         port = await self.grpc.start(self.settings.grpc_port, host)
         self._started = True
-        log.info("orchestrator serving gRPC on port %d", port)
+        await self._set_serving(self._active)
+        self._leadership = asyncio.create_task(self._follow_leadership(), name="leadership")
+        for provider in self.providers:
+            provider.warm_up()
+        log.info(
+            "orchestrator serving gRPC on port %d (%s)",
+            port,
+            "active" if self._active else "standby",
+        )
         return port
 
-    async def stop(self) -> None:
-        """Health NOT_SERVING and the gRPC server stopped, loops cancelled, local nodes ended
-        and marked terminated, clients and pool closed. Safe to call twice."""
-        if self._started:
-            await self.grpc.stop(self.settings.shutdown_grace_s)
-            self._started = False
+    async def _follow_leadership(self) -> None:
+        while True:
+            if not self.election.leading:
+                await self.election.acquire()
+                await self._lead()
+                await self._set_serving(True)
+            await self.election.lost()
+            await self._step_down()
+
+    async def _lead(self) -> None:
+        assert self.supervisor is not None and self.autoscaler is not None
+        await self.supervisor.reconcile()
+        self.supervisor.start()
+        self.autoscaler.start()
+        self._active = True
+        self.metrics.leader.set(1)
+
+    async def _step_down(self) -> None:
+        """Leadership lost: stop answering and every loop; end the nodes this process runs."""
+        self._active = False
+        self.metrics.leader.set(0)
+        await self._set_serving(False)
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self.lifecycle is not None:
             await self.lifecycle.shutdown()
+
+    async def _set_serving(self, serving: bool) -> None:
+        """The orchestrator service's own health follows leadership (a readiness probe on it
+        sends calls to the leader only); the server's overall health stays SERVING."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        if self._started:
+            await self.grpc.health.set(SERVICE_NAME, status)
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING and the gRPC server stopped, loops cancelled, local nodes ended
+        and marked terminated, the lock given up, clients and pool closed. Safe to call twice."""
+        self._active = False
+        if self._started:
+            await self.grpc.stop(self.settings.shutdown_grace_s)
+            self._started = False
+        if self._leadership is not None:
+            self._leadership.cancel()
+            await asyncio.gather(self._leadership, return_exceptions=True)
+            self._leadership = None
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        if self.lifecycle is not None:
+            await self.lifecycle.shutdown()
+        await self.election.release()
+        self.metrics.leader.set(0)
         await self.probe.close()
         await self.scheduler.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-        self.lifecycle = self.supervisor = None
+        self.lifecycle = self.supervisor = self.autoscaler = None
 
 
 async def create_service(

@@ -3,7 +3,8 @@ status codes; the work itself is in :mod:`cic_orchestrator.lifecycle`."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import math
+from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -20,6 +21,7 @@ from cic_orchestrator.nodes import (
     NodeState,
     NoProviderForCloud,
 )
+from cic_orchestrator.policies import PolicyNotFound, PolicyStore, ScalingPolicy, check_policy
 
 T = TypeVar("T")
 
@@ -29,7 +31,9 @@ _CODES: dict[type[NodeError], grpc.StatusCode] = {
     NodeConflict: grpc.StatusCode.FAILED_PRECONDITION,
     NoProviderForCloud: grpc.StatusCode.FAILED_PRECONDITION,
     EndpointInUse: grpc.StatusCode.ALREADY_EXISTS,
+    PolicyNotFound: grpc.StatusCode.NOT_FOUND,
 }
+STANDBY = "this orchestrator replica is on standby; another one is active"
 _PROTO_STATES = {
     state: orchestrator_pb2.NodeState.Value(f"NODE_STATE_{state.name}") for state in NodeState
 }
@@ -47,23 +51,52 @@ def to_proto(record: NodeRecord) -> orchestrator_pb2.ManagedNode:
         state=_PROTO_STATES[record.state],
         endpoint=record.endpoint,
         failure_reason=record.failure_reason,
+        use_spot=record.use_spot,
     )
     node.created_at.FromDatetime(record.created_at)
     node.updated_at.FromDatetime(record.updated_at)
     return node
 
 
+def policy_to_proto(policy: ScalingPolicy) -> orchestrator_pb2.ScalingPolicy:
+    return orchestrator_pb2.ScalingPolicy(
+        model=policy.model,
+        min_nodes=policy.min_nodes,
+        max_nodes=policy.max_nodes,
+        target_queue_per_node=policy.target_queue_per_node,
+        accelerators=policy.accelerators,
+        cloud=policy.cloud,
+        use_spot=policy.use_spot,
+        vllm_args=list(policy.vllm_args),
+    )
+
+
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, lifecycle: NodeLifecycle) -> None:
+    """Every call is refused with UNAVAILABLE while ``active()`` is false (a standby)."""
+
+    def __init__(
+        self, lifecycle: NodeLifecycle, policies: PolicyStore, active: Callable[[], bool]
+    ) -> None:
         self._lifecycle = lifecycle
+        self._policies = policies
+        self._active = active
+
+    async def _serving(self, context: grpc.aio.ServicerContext) -> None:
+        if not self._active():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STANDBY)
 
     async def LaunchNode(
         self, request: orchestrator_pb2.LaunchNodeRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.LaunchNodeResponse:
+        await self._serving(context)
         record = await _answer(
             context,
             self._lifecycle.launch(
-                request.model, request.accelerators, request.cloud, list(request.vllm_args)
+                request.model,
+                request.accelerators,
+                request.cloud,
+                list(request.vllm_args),
+                request.use_spot,
             ),
         )
         return orchestrator_pb2.LaunchNodeResponse(node=to_proto(record))
@@ -71,30 +104,90 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def RegisterNode(
         self, request: orchestrator_pb2.RegisterNodeRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.RegisterNodeResponse:
+        await self._serving(context)
         record = await _answer(context, self._lifecycle.adopt(request.endpoint, request.model))
         return orchestrator_pb2.RegisterNodeResponse(node=to_proto(record))
 
     async def TerminateNode(
         self, request: orchestrator_pb2.TerminateNodeRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.TerminateNodeResponse:
+        await self._serving(context)
         record = await _answer(context, self._lifecycle.terminate(request.node_id))
         return orchestrator_pb2.TerminateNodeResponse(node=to_proto(record))
 
     async def GetNode(
         self, request: orchestrator_pb2.GetNodeRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.GetNodeResponse:
+        await self._serving(context)
         record = await _answer(context, self._lifecycle.get(request.node_id))
         return orchestrator_pb2.GetNodeResponse(node=to_proto(record))
 
     async def ListNodes(
         self, request: orchestrator_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.ListNodesResponse:
+        await self._serving(context)
         unknown = [s for s in request.states if s not in _STATES_BY_PROTO]
         if unknown:
             await _abort(context, InvalidNodeRequest(f"states holds an unknown state {unknown[0]}"))
         states = [_STATES_BY_PROTO[s] for s in request.states]
         records = await self._lifecycle.list(states)
         return orchestrator_pb2.ListNodesResponse(nodes=[to_proto(r) for r in records])
+
+    async def SetScalingPolicy(
+        self, request: orchestrator_pb2.SetScalingPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.SetScalingPolicyResponse:
+        await self._serving(context)
+        stored = await _answer(context, self._set_policy(request.policy))
+        return orchestrator_pb2.SetScalingPolicyResponse(policy=policy_to_proto(stored))
+
+    async def _set_policy(self, given: orchestrator_pb2.ScalingPolicy) -> ScalingPolicy:
+        if not math.isfinite(given.target_queue_per_node):
+            raise InvalidNodeRequest("target_queue_per_node must be a finite number")
+        policy = check_policy(
+            ScalingPolicy(
+                model=given.model,
+                min_nodes=given.min_nodes,
+                max_nodes=given.max_nodes,
+                target_queue_per_node=given.target_queue_per_node,
+                accelerators=given.accelerators,
+                cloud=given.cloud,
+                use_spot=given.use_spot,
+                vllm_args=tuple(given.vllm_args),
+            )
+        )
+        args = await self._lifecycle.check_launch(
+            policy.model, policy.accelerators, policy.cloud, policy.vllm_args, policy.use_spot
+        )
+        return await self._policies.put(
+            ScalingPolicy(**{**policy.__dict__, "vllm_args": tuple(args)})
+        )
+
+    async def GetScalingPolicy(
+        self, request: orchestrator_pb2.GetScalingPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.GetScalingPolicyResponse:
+        await self._serving(context)
+        policy = await _answer(context, self._policies.get(request.model))
+        return orchestrator_pb2.GetScalingPolicyResponse(policy=policy_to_proto(policy))
+
+    async def ListScalingPolicies(
+        self,
+        request: orchestrator_pb2.ListScalingPoliciesRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> orchestrator_pb2.ListScalingPoliciesResponse:
+        await self._serving(context)
+        policies = await self._policies.list()
+        return orchestrator_pb2.ListScalingPoliciesResponse(
+            policies=[policy_to_proto(p) for p in policies]
+        )
+
+    async def DeleteScalingPolicy(
+        self,
+        request: orchestrator_pb2.DeleteScalingPolicyRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> orchestrator_pb2.DeleteScalingPolicyResponse:
+        await self._serving(context)
+        await _answer(context, self._policies.delete(request.model))
+        return orchestrator_pb2.DeleteScalingPolicyResponse()
 
 
 async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:

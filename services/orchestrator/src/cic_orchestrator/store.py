@@ -26,6 +26,7 @@ def _record(row: asyncpg.Record) -> NodeRecord:
         provider_handle=json.loads(row["provider_handle"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        use_spot=row["use_spot"],
         previous_state=NodeState(previous) if previous else None,
     )
 
@@ -45,7 +46,7 @@ class NodeStore:
         try:
             row = await self._pool.fetchrow(
                 "INSERT INTO nodes (id, model, provider, accelerators, cloud, vllm_args, state,"
-                " endpoint) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)"
+                " endpoint, use_spot) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9)"
                 " RETURNING *",
                 spec.node_id,
                 spec.model,
@@ -55,6 +56,7 @@ class NodeStore:
                 json.dumps(list(spec.vllm_args)),
                 state.value,
                 endpoint,
+                spec.use_spot,
             )
         except asyncpg.UniqueViolationError:
             raise EndpointInUse(f"a live node already serves {endpoint}") from None

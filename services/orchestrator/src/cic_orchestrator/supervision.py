@@ -1,5 +1,7 @@
-"""What keeps nodes and the scheduler in step over time: the heartbeat loop, and the reconcile
-of nodes a previous run left behind."""
+"""What keeps nodes, providers and the scheduler in step over time: the heartbeat loop, the
+reconcile of nodes a previous run (or a dead leader) left behind, and a slower loop that ends
+what providers run for no live node (a crash between a launch and its record, a terminate
+that failed) and retries terminations left stuck in ``draining``."""
 
 from __future__ import annotations
 
@@ -27,13 +29,15 @@ class Supervisor:
         scheduler: SchedulerClient,
         lifecycle: NodeLifecycle,
         heartbeat_interval_s: float,
+        reconcile_interval_s: float = 60.0,
     ) -> None:
         self._store = store
         self._providers = providers
         self._scheduler = scheduler
         self._lifecycle = lifecycle
         self._interval_s = heartbeat_interval_s
-        self._loop: asyncio.Task[None] | None = None
+        self._reconcile_interval_s = reconcile_interval_s
+        self._loops: list[asyncio.Task[None]] = []
 
     async def reconcile(self) -> None:
         """Takes over the live nodes of a previous run: a node its provider can no longer reach
@@ -54,13 +58,43 @@ class Supervisor:
             self._lifecycle.resume_bring_up(record)
 
     def start(self) -> None:
-        self._loop = asyncio.create_task(self._heartbeats(), name="heartbeats")
+        self._loops = [
+            asyncio.create_task(self._heartbeats(), name="heartbeats"),
+            asyncio.create_task(self._reconciles(), name="reconcile"),
+        ]
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
-            self._loop = None
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+
+    async def _reconciles(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconcile_interval_s)
+            try:
+                await self.reconcile_providers()
+            except Exception:
+                log.exception("reconcile round failed")
+
+    async def reconcile_providers(self) -> None:
+        """Ends what providers run for no live node; retries stuck terminations."""
+
+        async def live_ids() -> set[str]:
+            return {r.id for r in await self._store.list(LIVE_STATES)}
+
+        for provider in self._providers:
+            try:
+                ended = await provider.orphans(live_ids)
+            except Exception as err:
+                log.warning("provider %s: cannot look for orphans: %s", provider.name, err)
+                continue
+            if ended:
+                log.warning("provider %s: ended %d orphan(s)", provider.name, len(ended))
+        for record in await self._store.list((NodeState.DRAINING,)):
+            if not self._lifecycle.busy(record.id):
+                log.info("node %s: terminating again (left draining)", record.id)
+                self._lifecycle.resume_retire(record)
 
     async def _heartbeats(self) -> None:
         while True:

@@ -14,14 +14,23 @@ from cic_orchestrator.nodes import InvalidNodeRequest
 
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
 _ACCELERATORS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}:[1-9][0-9]?$")
-_CLOUD = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+# SkyPilot's infra form: ``cloud[/region[/zone]]``, ``kubernetes/<context>``, ``ssh/<pool>``.
+_CLOUD = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}(?:/(?:\*|[A-Za-z0-9][A-Za-z0-9._-]{0,62})){0,2}$")
 _HOST = re.compile(r"^(?:[0-9a-f:.]+|[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)$")
 _FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]{0,63}$")
 _NUMBER = re.compile(r"^-?(?:\d{1,12}(?:\.\d{1,12})?|\.\d{1,12})$")
 _INTEGER = re.compile(r"^\d{1,12}$")
 
-# Checks one flag's value; returns a message when it is wrong.
+# Checks one flag's value; returns a message when it is wrong. ``SWITCH`` marks a flag that
+# takes no value (``--enforce-eager``).
 ValueCheck = Callable[[str], str | None]
+
+
+def _no_value(value: str) -> str | None:
+    return "takes no value"
+
+
+SWITCH: ValueCheck = _no_value
 
 
 def check_model(model: str) -> str:
@@ -41,8 +50,13 @@ def check_accelerators(accelerators: str) -> str:
 
 
 def check_cloud(cloud: str) -> str:
+    """A cloud, optionally with region and zone or a Kubernetes context or SSH node pool, as
+    SkyPilot's ``infra`` takes it (``aws/us-east-1``, ``k8s``, ``ssh/my-pool``), or ``local``."""
     if cloud and not _CLOUD.match(cloud):
-        raise InvalidNodeRequest("cloud must be 1-32 lowercase letters, digits and -, e.g. local")
+        raise InvalidNodeRequest(
+            "cloud must be a cloud name with an optional /region[/zone], e.g. local, aws, "
+            "aws/us-east-1, kubernetes/my-context, ssh/my-pool"
+        )
     return cloud
 
 
@@ -80,18 +94,39 @@ def number(minimum: float | None = None, maximum: float | None = None) -> ValueC
     return check
 
 
-def whole_number(minimum: int = 0) -> ValueCheck:
+def whole_number(minimum: int = 0, maximum: int | None = None) -> ValueCheck:
     def check(value: str) -> str | None:
         if not _INTEGER.match(value):
             return "needs a whole number"
-        return None if int(value) >= minimum else f"must be at least {minimum}"
+        if int(value) < minimum:
+            return f"must be at least {minimum}"
+        if maximum is not None and int(value) > maximum:
+            return f"must be at most {maximum}"
+        return None
+
+    return check
+
+
+def one_of(*choices: str) -> ValueCheck:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def matching(pattern: str, description: str) -> ValueCheck:
+    """A value matching ``pattern`` in full (which must keep out quotes, spaces and $)."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str | None:
+        return None if compiled.fullmatch(value) else f"must be {description}"
 
     return check
 
 
 def check_flag_args(args: Sequence[str], allowed: Mapping[str, ValueCheck]) -> list[str]:
     """Checks server flags given as ``--flag=value`` or ``--flag value`` against ``allowed``
-    (flag → value check); returns them as ``--flag=value`` items."""
+    (flag → value check); returns them as ``--flag=value`` items (a switch as ``--flag``)."""
     checked: list[str] = []
     position = 0
     while position < len(args):
@@ -102,6 +137,12 @@ def check_flag_args(args: Sequence[str], allowed: Mapping[str, ValueCheck]) -> l
         if flag not in allowed:
             names = ", ".join(sorted(allowed)) or "none"
             raise InvalidNodeRequest(f"vllm arg {flag} is not allowed (allowed: {names})")
+        if allowed[flag] is SWITCH:
+            if has_value:
+                raise InvalidNodeRequest(f"vllm arg {flag} takes no value")
+            checked.append(flag)
+            position += 1
+            continue
         if not has_value:
             if position + 1 >= len(args):
                 raise InvalidNodeRequest(f"vllm arg {flag} needs a value")

@@ -1,5 +1,5 @@
-"""Node providers: how nodes are started and stopped (``local`` simulators, ``external``
-servers that already run)."""
+"""Node providers: how nodes are started and stopped (``local`` simulators, ``skypilot``
+clusters, ``external`` servers that already run)."""
 
 from __future__ import annotations
 
@@ -33,5 +33,25 @@ class Providers:
 
 
 def build_providers(settings: Settings) -> Providers:
-    local = LocalProvider(settings.local_sim_argv, settings.local_sim_host)
-    return Providers([local, ExternalProvider()], sorted(settings.enabled_providers))
+    """Every provider; SkyPilot's only when enabled (its SDK is configured on the way)."""
+    providers: list[NodeProvider] = [
+        LocalProvider(settings.local_sim_argv, settings.local_sim_host),
+        ExternalProvider(),
+    ]
+    if "skypilot" in settings.enabled_providers:
+        from cic_orchestrator.providers.skypilot import SkyPilotProvider
+        from cic_orchestrator.providers.skypilot_sdk import SkyClient, point_sdk_at
+
+        point_sdk_at(settings.skypilot_api_server_endpoint)
+        client = SkyClient(settings.skypilot_call_timeout_s, settings.skypilot_poll_interval_s)
+        providers.append(
+            SkyPilotProvider(
+                client,
+                settings.task_settings,
+                settings.skypilot_cluster_prefix,
+                settings.skypilot_launch_timeout_s,
+            )
+        )
+    # local before skypilot: `local` is the one cloud the local provider serves.
+    order = [p for p in ("local", "skypilot") if p in settings.enabled_providers]
+    return Providers(providers, order)

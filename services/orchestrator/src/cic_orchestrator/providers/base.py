@@ -8,7 +8,7 @@ Health checks, state and the scheduler are the lifecycle manager's business, not
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,8 @@ class NodeProvider(abc.ABC):
     """Launches and terminates nodes of one kind."""
 
     name: str  # stored as the node's provider
+    # How long a launch may take until /health answers; None: the LAUNCH_TIMEOUT_S setting.
+    launch_timeout_s: float | None = None
 
     @abc.abstractmethod
     def serves_cloud(self, cloud: str) -> bool:
@@ -48,9 +50,21 @@ class NodeProvider(abc.ABC):
         """Checks server flags against what this provider allows; returns them normalised.
         Raises :class:`~cic_orchestrator.nodes.InvalidNodeRequest` naming a bad flag."""
 
+    def warm_up(self) -> None:  # noqa: B027 - most providers have nothing to prepare
+        """Starts any slow preparation in the background (the service is already serving)."""
+
+    async def check_spec(self, spec: NodeSpec) -> None:  # noqa: B027 - most check nothing more
+        """Any check of the whole request beyond its flags (raises InvalidNodeRequest)."""
+
     @abc.abstractmethod
     async def launch(self, spec: NodeSpec) -> LaunchedNode:
-        """Starts the node and returns at once (before it is healthy); raises LaunchError."""
+        """Starts the node and returns at once (before it is healthy); raises LaunchError. The
+        endpoint may be empty when it is known only once the machine is up: see provisioned."""
+
+    async def provisioned(self, node_id: str, handle: Mapping[str, Any]) -> str:
+        """Waits until the node's machine is up and returns its endpoint (only called for a
+        node launched without one); raises LaunchError."""
+        raise LaunchError(f"{self.name} nodes have their endpoint from the start")
 
     @abc.abstractmethod
     async def status(self, node_id: str, handle: Mapping[str, Any]) -> NodeStatus:
@@ -64,6 +78,13 @@ class NodeProvider(abc.ABC):
     async def reclaim(self, node_id: str, handle: Mapping[str, Any]) -> bool:
         """At start-up, for a live node that a previous run left: True if this run can manage it
         again; False if it is lost (whatever remains of it has been cleaned up)."""
+
+    async def orphans(self, live_node_ids: Callable[[], Awaitable[Collection[str]]]) -> list[str]:
+        """Ends what this provider runs that no live node owns (after a crash); returns what
+        it ended. ``live_node_ids`` is asked only after the provider has listed what it runs,
+        so that a node launched meanwhile is never taken for an orphan. Called now and then
+        by the leader."""
+        return []
 
     @abc.abstractmethod
     async def shutdown(self) -> list[str]:

@@ -1,0 +1,98 @@
+"""One active orchestrator among replicas: the one holding a Postgres advisory lock.
+
+The lock is session-level, taken on a connection of its own (not from the pool), so it lasts
+exactly as long as that connection: when the leader's process dies, Postgres ends its session
+and the lock is free for a standby's next try. The leader checks its connection as often as
+standbys try the lock; if the connection fails it has lost the lock and steps down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# The advisory lock's key: the same for every replica of the orchestrator on one database.
+LOCK_NAME = "cic-orchestrator-leader"
+
+
+def lock_key(name: str = LOCK_NAME) -> int:
+    """A stable signed 64-bit key for ``name`` (Postgres advisory locks take a bigint)."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class LeaderElection:
+    def __init__(self, database_url: str, poll_interval_s: float, key: int | None = None) -> None:
+        self._database_url = database_url
+        self._poll_interval_s = poll_interval_s
+        self._key = lock_key() if key is None else key
+        self._connection: asyncpg.Connection | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self._connection is not None
+
+    async def acquire(self) -> None:
+        """Returns once this replica holds the lock (tries every poll interval)."""
+        waiting_logged = False
+        while True:
+            if await self.try_acquire():
+                log.info("leader: this replica holds the lock and is active")
+                return
+            if not waiting_logged:
+                log.info("leader: another replica is active; standing by")
+                waiting_logged = True
+            await asyncio.sleep(self._poll_interval_s)
+
+    async def try_acquire(self) -> bool:
+        connection = None
+        try:
+            connection = await asyncpg.connect(
+                self._database_url, timeout=self._poll_interval_s + 5
+            )
+            taken = await connection.fetchval(
+                "SELECT pg_try_advisory_lock($1)", self._key, timeout=self._poll_interval_s + 5
+            )
+        except (OSError, asyncpg.PostgresError, TimeoutError) as err:
+            log.warning("leader: cannot reach Postgres to take the lock: %s", err)
+            taken = False
+        if taken:
+            self._connection = connection
+            return True
+        if connection is not None:
+            await _close(connection)
+        return False
+
+    async def lost(self) -> None:
+        """Returns when this replica no longer holds the lock (its connection failed)."""
+        while self._connection is not None:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                await self._connection.fetchval("SELECT 1", timeout=self._poll_interval_s + 5)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+                log.error("leader: lost the lock connection (%s); stepping down", err)
+                connection, self._connection = self._connection, None
+                await _close(connection)
+
+    async def release(self) -> None:
+        """Gives the lock up at once (a standby takes over at its next try)."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await connection.execute("SELECT pg_advisory_unlock($1)", self._key, timeout=5)
+        await _close(connection)
+        log.info("leader: lock released")
+
+
+async def _close(connection: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(connection.close(), 5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        connection.terminate()

@@ -1,0 +1,184 @@
+"""The ``skypilot`` provider: each node is a SkyPilot cluster named ``<prefix>-<node id>``
+running vLLM's OpenAI server, launched and torn down through SkyPilot's API server.
+
+A launch only submits the request (the request id goes into the node's handle); waiting for
+the cluster and its endpoint is :meth:`SkyPilotProvider.provisioned`, which polls. Clusters
+outlive the orchestrator: a restart finds them again by name, and :meth:`orphans` tears down
+those no live node owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from cic_orchestrator.nodes import InvalidNodeRequest, NodeSpec
+from cic_orchestrator.providers.base import (
+    ALIVE,
+    LaunchedNode,
+    LaunchError,
+    NodeProvider,
+    NodeStatus,
+)
+from cic_orchestrator.providers.skypilot_sdk import (
+    Cluster,
+    SkyClient,
+    SkyConfigError,
+    SkyError,
+    parse_task,
+)
+from cic_orchestrator.task import VLLM_FLAGS, NodeTask, TaskSettings, task_config
+from cic_orchestrator.validation import check_endpoint, check_flag_args
+
+log = logging.getLogger(__name__)
+
+# How long one listing of SkyPilot's clusters answers status() for every node.
+_LISTING_TTL_S = 1.0
+
+
+class SkyPilotProvider(NodeProvider):
+    name = "skypilot"
+
+    def __init__(
+        self,
+        client: SkyClient,
+        task_settings: TaskSettings,
+        cluster_prefix: str,
+        launch_timeout_s: float,
+    ) -> None:
+        self._client = client
+        self._task_settings = task_settings
+        self._prefix = cluster_prefix
+        self.launch_timeout_s = launch_timeout_s
+        self._listing: tuple[float, dict[str, Cluster]] | None = None
+        self._listing_lock = asyncio.Lock()
+        self._warm_up: asyncio.Task[None] | None = None
+
+    def serves_cloud(self, cloud: str) -> bool:
+        return cloud != "local"
+
+    def warm_up(self) -> None:
+        self._warm_up = asyncio.create_task(self._client.warm_up(), name="skypilot import")
+
+    def check_vllm_args(self, args: Sequence[str]) -> list[str]:
+        return check_flag_args(args, VLLM_FLAGS)
+
+    def cluster_name(self, node_id: str) -> str:
+        return f"{self._prefix}-{node_id}"
+
+    def task_config(self, spec: NodeSpec) -> dict[str, Any]:
+        task = NodeTask(spec.model, spec.accelerators, spec.cloud, spec.use_spot, spec.vllm_args)
+        return task_config(task, self._task_settings, name=self.cluster_name(spec.node_id))
+
+    async def check_spec(self, spec: NodeSpec) -> None:
+        if not spec.accelerators:
+            raise InvalidNodeRequest("accelerators is required, e.g. H100:1")
+        try:
+            await asyncio.to_thread(parse_task, self.task_config(spec))
+        except SkyConfigError as err:
+            raise InvalidNodeRequest(str(err)) from None
+
+    async def launch(self, spec: NodeSpec) -> LaunchedNode:
+        cluster = self.cluster_name(spec.node_id)
+        try:
+            request_id = await self._client.launch(self.task_config(spec), cluster)
+        except (SkyError, SkyConfigError) as err:
+            raise LaunchError(f"sky launch refused: {err}") from None
+        log.info(
+            "node %s: sky launch of cluster %s submitted (%s)", spec.node_id, cluster, request_id
+        )
+        return LaunchedNode(endpoint="", handle={"cluster": cluster, "launch_request": request_id})
+
+    async def provisioned(self, node_id: str, handle: Mapping[str, Any]) -> str:
+        cluster = self._cluster(node_id, handle)
+        request_id = handle.get("launch_request")
+        try:
+            if isinstance(request_id, str) and request_id:
+                await self._client.wait(request_id)
+            elif (await self._clusters()).get(cluster) is None:
+                raise LaunchError(f"cluster {cluster} does not exist")
+            endpoint = await self._client.endpoint(cluster, self._task_settings.vllm_port)
+            return check_endpoint(endpoint)
+        except SkyError as err:
+            raise LaunchError(f"sky launch failed: {err}") from None
+        except InvalidNodeRequest:
+            raise LaunchError(f"cluster {cluster} reported a bad endpoint") from None
+
+    async def status(self, node_id: str, handle: Mapping[str, Any]) -> NodeStatus:
+        cluster = self._cluster(node_id, handle)
+        try:
+            found = (await self._clusters()).get(cluster)
+        except SkyError as err:
+            # SkyPilot's API server is down: that says nothing about the cluster.
+            log.warning("node %s: cannot ask SkyPilot: %s", node_id, err)
+            return ALIVE
+        if found is None:
+            return NodeStatus(alive=False, reason=f"cluster {cluster} is gone")
+        if found.status == "STOPPED":
+            return NodeStatus(alive=False, reason=f"cluster {cluster} stopped")
+        return ALIVE
+
+    async def terminate(self, node_id: str, handle: Mapping[str, Any]) -> None:
+        cluster = self._cluster(node_id, handle)
+        request_id = handle.get("launch_request")
+        if isinstance(request_id, str) and request_id:
+            try:
+                status = await self._client.request_status(request_id)
+                if status not in (None, "SUCCEEDED", "FAILED", "CANCELLED"):
+                    await self._client.cancel(request_id)
+            except SkyError as err:
+                log.warning("node %s: cannot cancel launch %s: %s", node_id, request_id, err)
+        try:
+            await self._client.down(cluster)
+        except SkyError as err:
+            raise RuntimeError(f"sky down {cluster} failed: {err}") from None
+        self._listing = None
+        log.info("node %s: cluster %s torn down", node_id, cluster)
+
+    async def reclaim(self, node_id: str, handle: Mapping[str, Any]) -> bool:
+        cluster = self._cluster(node_id, handle)
+        request_id = handle.get("launch_request")
+        try:
+            if cluster in await self._clusters():
+                return True
+            if isinstance(request_id, str) and request_id:
+                status = await self._client.request_status(request_id)
+                if status in ("PENDING", "WAITING", "RUNNING", "SUCCEEDED"):
+                    return True
+        except SkyError as err:
+            log.warning("node %s: cannot ask SkyPilot at start-up: %s", node_id, err)
+            return True  # asked again by the launch wait or the heartbeat
+        return False
+
+    async def orphans(self, live_node_ids: Callable[[], Awaitable[Collection[str]]]) -> list[str]:
+        """Tears down clusters named like ours that no live node owns; returns their names."""
+        self._listing = None
+        ours = [n for n in await self._clusters() if n.startswith(f"{self._prefix}-node-")]
+        owned = {self.cluster_name(node_id) for node_id in await live_node_ids()}
+        stray = [name for name in ours if name not in owned]
+        for name in stray:
+            log.warning("cluster %s: no live node owns it; tearing it down", name)
+            await self._client.down(name)
+        if stray:
+            self._listing = None
+        return stray
+
+    async def shutdown(self) -> list[str]:
+        if self._warm_up is not None:
+            await asyncio.gather(self._warm_up, return_exceptions=True)
+        await self._client.close()
+        return []
+
+    def _cluster(self, node_id: str, handle: Mapping[str, Any]) -> str:
+        cluster = handle.get("cluster")
+        return cluster if isinstance(cluster, str) and cluster else self.cluster_name(node_id)
+
+    async def _clusters(self) -> dict[str, Cluster]:
+        async with self._listing_lock:
+            now = time.monotonic()
+            if self._listing is None or now - self._listing[0] > _LISTING_TTL_S:
+                self._listing = (now, await self._client.clusters())
+            return self._listing[1]

@@ -1,0 +1,195 @@
+"""SkyPilot's Python SDK as the orchestrator uses it, off the event loop.
+
+Every ``sky.*`` call is a blocking HTTP call to SkyPilot's API server that returns a request id;
+:class:`SkyClient` runs them in threads of its own and, instead of holding a thread in
+``sky.get`` for the minutes a launch takes, polls ``sky.api_status`` and calls ``sky.get`` only
+once the request has finished. ``sky`` is imported lazily (the import takes seconds and writes
+under ``~/.sky``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Request states of SkyPilot's API server that are final.
+_FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+class SkyConfigError(ValueError):
+    """SkyPilot refused the task; the message is one line."""
+
+
+class SkyError(RuntimeError):
+    """A SkyPilot request failed; the message is one line naming SkyPilot's error type."""
+
+
+class ClusterGone(SkyError):
+    """The cluster does not exist (any more)."""
+
+
+# The SDK's own settings: where its API server is, and no usage reports to SkyPilot's servers.
+ENDPOINT_VARIABLE = "SKYPILOT_API_SERVER_ENDPOINT"
+_NO_USAGE_REPORTS = {"SKYPILOT_DISABLE_USAGE_COLLECTION": "1"}
+
+
+def point_sdk_at(endpoint: str) -> None:
+    """Points SkyPilot's SDK at ``endpoint``. The SDK reads its configuration from the
+    environment (the orchestrator's SKYPILOT_API_SERVER_ENDPOINT setting has the same name),
+    so this writes it there and drops the SDK's cached copy."""
+    os.environ[ENDPOINT_VARIABLE] = endpoint
+    for name, value in _NO_USAGE_REPORTS.items():
+        os.environ.setdefault(name, value)
+    if "sky" in sys.modules:
+        from sky.server import common
+
+        common.get_server_url.cache_clear()
+        common.is_api_server_local.cache_clear()
+        common.get_api_server_status_response.cache_clear()
+
+
+@functools.cache
+def sky_module() -> Any:
+    import sky
+
+    return sky
+
+
+def parse_task(config: Mapping[str, Any]) -> Any:
+    """SkyPilot's own parse and check of a task config (offline); returns the ``sky.Task``."""
+    sky = sky_module()
+    try:
+        return sky.Task.from_yaml_config(copy.deepcopy(dict(config)))
+    except (sky.exceptions.InvalidSkyPilotConfigError, ValueError) as err:
+        raise SkyConfigError(_one_line(f"SkyPilot refused the task: {err}")) from None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    status: str  # INIT, UP, STOPPED
+
+
+class SkyClient:
+    """The few SkyPilot calls the provider makes, each awaitable and bounded in time."""
+
+    def __init__(self, call_timeout_s: float = 30.0, poll_interval_s: float = 2.0) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._call_timeout_s = call_timeout_s
+        self._poll_interval_s = poll_interval_s
+
+    async def close(self) -> None:
+        """Lets go of the worker threads (a later call starts new ones)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def warm_up(self) -> None:
+        """Imports ``sky`` in a worker thread, so the first launch does not wait for it."""
+        await self._call(sky_module)
+
+    async def launch(self, config: Mapping[str, Any], cluster_name: str) -> str:
+        """Submits the launch; returns its request id at once."""
+
+        def submit() -> str:
+            sky = sky_module()
+            task = parse_task(config)
+            return str(sky.launch(task, cluster_name=cluster_name, retry_until_up=False))
+
+        return await self._call(submit)
+
+    async def wait(self, request_id: str) -> Any:
+        """Waits for a request to finish (polling) and returns its result, or raises SkyError
+        (ClusterGone when SkyPilot says the cluster does not exist)."""
+        sky = await self._call(sky_module)
+        while True:
+            status = await self.request_status(request_id)
+            if status is None:
+                raise SkyError(f"SkyPilot does not know request {request_id}")
+            if status in _FINISHED:
+                break
+            await asyncio.sleep(self._poll_interval_s)
+        return await self._call(sky.get, request_id)
+
+    async def request_status(self, request_id: str) -> str | None:
+        sky = await self._call(sky_module)
+        payloads = await self._call(sky.api_status, [request_id])
+        for payload in payloads:
+            if payload.request_id == request_id:
+                return str(payload.status)
+        return None
+
+    async def cancel(self, request_id: str) -> None:
+        sky = await self._call(sky_module)
+        await self.wait(await self._call(sky.api_cancel, request_id, silent=True))
+
+    async def clusters(self) -> dict[str, Cluster]:
+        """Every cluster SkyPilot has for this user, by name."""
+        sky = await self._call(sky_module)
+        records = await self.wait(await self._call(sky.status, None))
+        return {r["name"]: Cluster(r["name"], r["status"].value) for r in records}
+
+    async def endpoint(self, cluster_name: str, port: int) -> str:
+        """``http://host:port`` of the cluster's exposed port."""
+        sky = await self._call(sky_module)
+        urls = await self.wait(await self._call(sky.endpoints, cluster_name, port))
+        url = str(urls.get(port) or urls.get(str(port)) or "")
+        if not url:
+            raise SkyError(f"port {port} of cluster {cluster_name} is not exposed yet")
+        return (url if "://" in url else f"http://{url}").rstrip("/")
+
+    async def down(self, cluster_name: str) -> None:
+        """Tears the cluster down; a cluster that does not exist is fine."""
+        sky = await self._call(sky_module)
+        try:
+            await self.wait(await self._call(sky.down, cluster_name))
+        except ClusterGone:
+            log.info("cluster %s: already gone", cluster_name)
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        started = time.monotonic()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="skypilot")
+        loop = asyncio.get_running_loop()
+        call = functools.partial(function, *args, **kwargs)
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, call), self._call_timeout_s
+            )
+        except TimeoutError:
+            raise SkyError(
+                f"SkyPilot API server did not answer within {time.monotonic() - started:.0f}s"
+            ) from None
+        except (SkyError, SkyConfigError):
+            raise
+        except Exception as err:
+            if function is sky_module:
+                raise
+            raise _translate(err) from None
+
+
+def _translate(err: Exception) -> SkyError:
+    exceptions = sky_module().exceptions
+    if isinstance(err, exceptions.ClusterDoesNotExist):
+        return ClusterGone(_one_line(str(err)))
+    if isinstance(err, exceptions.RequestCancelled):
+        return SkyError("the SkyPilot request was cancelled")
+    return SkyError(_one_line(f"{type(err).__name__}: {err}"))
+
+
+def _one_line(text: str) -> str:
+    first = " ".join(text.split())
+    return first if len(first) <= 300 else first[:300] + "…"

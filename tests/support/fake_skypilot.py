@@ -1,0 +1,348 @@
+"""A stand-in for SkyPilot's API server, for tests: the real ``sky`` SDK talks HTTP to it.
+
+No cloud can be reached here, so "clusters" are ``cic-vllm-sim`` processes on this machine: a
+launch parses the task with SkyPilot's own loader, pulls the model out of the task's
+``vllm serve`` run command and starts a simulator serving it on a free port, which
+``sky.endpoints`` then reports. Answers are built with SkyPilot's own server-side classes
+(``sky.server.requests.requests.Request``), so the SDK decodes exactly what the real server
+would send. Only the routes the orchestrator uses are served: ``/api/health``, ``/validate``,
+``/launch``, ``/status``, ``/endpoints``, ``/down``, ``/api/cancel``, ``/api/status``,
+``/api/get``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tests.support.net import free_port
+
+SIM = str(Path(sys.executable).parent / "cic-vllm-sim")
+
+
+@dataclass
+class FakeCluster:
+    name: str
+    task_yaml: str
+    model: str
+    status: str = "INIT"  # INIT while provisioning, then UP
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    launched_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class FakeRequest:
+    request_id: str
+    name: str  # e.g. "sky.launch"
+    body: Any  # the payloads.*Body the SDK sent
+    cluster_name: str | None
+    status: str = "RUNNING"
+    return_value: Any = None
+    error: BaseException | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+class FakeSkyPilot:
+    """``await start()``; ``endpoint`` is what SKYPILOT_API_SERVER_ENDPOINT must name.
+
+    ``provision_s`` is how long a launch stays INIT before its simulator starts;
+    ``fail_launches`` makes every launch fail as a cloud without capacity would.
+    """
+
+    def __init__(self, provision_s: float = 0.2) -> None:
+        self.provision_s = provision_s
+        self.fail_launches = False
+        self.clusters: dict[str, FakeCluster] = {}
+        self.requests: dict[str, FakeRequest] = {}
+        self.calls: list[str] = []
+        self.endpoint = ""
+        self._runner: web.AppRunner | None = None
+        self._work: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/api/health", self._health)
+        app.router.add_post("/validate", self._validate)
+        app.router.add_post("/launch", self._launch)
+        app.router.add_post("/status", self._status)
+        app.router.add_post("/endpoints", self._endpoints)
+        app.router.add_post("/down", self._down)
+        app.router.add_post("/api/cancel", self._cancel)
+        app.router.add_get("/api/status", self._api_status)
+        app.router.add_get("/api/get", self._api_get)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.endpoint = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self.endpoint
+
+    async def stop(self) -> None:
+        for task in self._work:
+            task.cancel()
+        await asyncio.gather(*self._work, return_exceptions=True)
+        for cluster in list(self.clusters.values()):
+            _end(cluster)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def add_cluster(self, name: str, model: str = "cic-sim-small") -> FakeCluster:
+        """A cluster that exists on SkyPilot's side without this run having launched it."""
+        cluster = FakeCluster(name, "", model, status="UP")
+        self.clusters[name] = cluster
+        return cluster
+
+    def running(self, name: str) -> bool:
+        cluster = self.clusters.get(name)
+        return bool(cluster and cluster.process and cluster.process.poll() is None)
+
+    # --- routes ---------------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        import sky
+        from sky.server import constants
+
+        version = sky.__version__
+        body = {
+            "status": "healthy",
+            "api_version": str(constants.API_VERSION),
+            "version": version,
+            "version_on_disk": version,
+            "commit": sky.__commit__,
+            "basic_auth_enabled": False,
+        }
+        headers = {
+            constants.API_VERSION_HEADER: str(constants.API_VERSION),
+            constants.VERSION_HEADER: version,
+        }
+        return web.json_response(body, headers=headers)
+
+    async def _validate(self, request: web.Request) -> web.Response:
+        from sky.server.requests import payloads
+        from sky.utils import dag_utils
+
+        self.calls.append("validate")
+        body = payloads.ValidateBody(**await request.json())
+        try:
+            dag_utils.load_chain_dag_from_yaml_str(body.dag)
+        except Exception as err:  # answered as the real server does: 400 with the error
+            return web.json_response({"detail": _serialized(err)}, status=400)
+        return web.json_response(None)
+
+    async def _launch(self, request: web.Request) -> web.Response:
+        from sky.server.requests import payloads
+        from sky.utils import dag_utils
+
+        body = payloads.LaunchBody(**await request.json())
+        self.calls.append(f"launch {body.cluster_name}")
+        dag = dag_utils.load_chain_dag_from_yaml_str(body.task)
+        task = dag.tasks[0]
+        model = _served_model(task.run)
+        cluster = self.clusters.get(body.cluster_name)
+        if cluster is None:
+            cluster = FakeCluster(body.cluster_name, body.task, model)
+            self.clusters[body.cluster_name] = cluster
+        fake = self._new_request("sky.launch", body, body.cluster_name)
+        self._spawn(self._provision(fake, cluster))
+        return _request_id(fake)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        from sky.server.requests import payloads
+
+        body = payloads.StatusBody(**await request.json())
+        self.calls.append("status")
+        names = body.cluster_names or list(self.clusters)
+        records = [_status_record(self.clusters[n]) for n in names if n in self.clusters]
+        return _request_id(self._finished("sky.status", body, None, records))
+
+    async def _endpoints(self, request: web.Request) -> web.Response:
+        from sky import exceptions
+        from sky.server.requests import payloads
+
+        body = payloads.EndpointsBody(**await request.json())
+        self.calls.append(f"endpoints {body.cluster}")
+        cluster = self.clusters.get(body.cluster)
+        if cluster is None or cluster.status != "UP":
+            error = exceptions.ClusterNotUpError(
+                f"Cluster {body.cluster!r} is not UP.", cluster_status=None
+            )
+            return _request_id(self._finished("sky.endpoints", body, body.cluster, error=error))
+        result = {int(body.port or 8000): f"127.0.0.1:{cluster.port}"}
+        return _request_id(self._finished("sky.endpoints", body, body.cluster, result))
+
+    async def _down(self, request: web.Request) -> web.Response:
+        from sky import exceptions
+        from sky.server.requests import payloads
+
+        body = payloads.StopOrDownBody(**await request.json())
+        self.calls.append(f"down {body.cluster_name}")
+        cluster = self.clusters.pop(body.cluster_name, None)
+        if cluster is None:
+            error = exceptions.ClusterDoesNotExist(f"Cluster {body.cluster_name!r} does not exist.")
+            return _request_id(self._finished("sky.down", body, body.cluster_name, error=error))
+        _end(cluster)
+        return _request_id(self._finished("sky.down", body, body.cluster_name, None))
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        from sky.server.requests import payloads
+
+        body = payloads.RequestCancelBody(**await request.json())
+        self.calls.append(f"cancel {','.join(body.request_ids or [])}")
+        cancelled = []
+        for request_id in body.request_ids or []:
+            fake = self.requests.get(request_id)
+            if fake is not None and fake.status in ("PENDING", "RUNNING"):
+                fake.status = "CANCELLED"
+                cancelled.append(request_id)
+        return _request_id(self._finished("sky.api_cancel", body, None, cancelled))
+
+    async def _api_status(self, request: web.Request) -> web.Response:
+        ids = request.query.getall("request_ids", [])
+        found = [self.requests[i] for i in ids if i in self.requests]
+        return web.json_response([_payload(f).model_dump() for f in found])
+
+    async def _api_get(self, request: web.Request) -> web.Response:
+        fake = self.requests.get(request.query.get("request_id", ""))
+        if fake is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        while fake.status in ("PENDING", "RUNNING"):
+            await asyncio.sleep(0.01)
+        payload = _payload(fake).model_dump()
+        if fake.error is not None:
+            return web.json_response({"detail": payload}, status=500)
+        return web.json_response(payload)
+
+    # --- the work behind the requests ------------------------------------------------------
+
+    async def _provision(self, fake: FakeRequest, cluster: FakeCluster) -> None:
+        await asyncio.sleep(self.provision_s)
+        if fake.status == "CANCELLED":
+            return
+        if self.fail_launches:
+            from sky import exceptions
+
+            self.clusters.pop(cluster.name, None)
+            fake.error = exceptions.ResourcesUnavailableError(
+                "Failed to provision all possible launchable resources."
+            )
+            fake.status = "FAILED"
+            return
+        if cluster.process is None:
+            cluster.port = free_port()
+            cluster.process = subprocess.Popen(
+                [SIM, "--host", "127.0.0.1", "--port", str(cluster.port), "--model", cluster.model],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        cluster.status = "UP"
+        fake.return_value = (1, None)
+        fake.status = "SUCCEEDED"
+
+    def _new_request(self, name: str, body: Any, cluster_name: str | None) -> FakeRequest:
+        fake = FakeRequest(uuid.uuid4().hex, name, body, cluster_name)
+        self.requests[fake.request_id] = fake
+        return fake
+
+    def _finished(
+        self,
+        name: str,
+        body: Any,
+        cluster_name: str | None,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> FakeRequest:
+        fake = self._new_request(name, body, cluster_name)
+        fake.return_value, fake.error = result, error
+        fake.status = "FAILED" if error is not None else "SUCCEEDED"
+        return fake
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
+
+def _served_model(run: str | None) -> str:
+    """The model of the task's ``[exec] vllm serve MODEL ...`` run command."""
+    words = shlex.split(run or "")
+    if words[:1] == ["exec"]:
+        words = words[1:]
+    if words[:2] != ["vllm", "serve"] or len(words) < 3:
+        raise ValueError(f"run is not a vllm serve command: {run!r}")
+    return words[2]
+
+
+def _status_record(cluster: FakeCluster) -> Any:
+    from sky.schemas.api import responses
+    from sky.utils import status_lib
+
+    return responses.StatusResponse(
+        name=cluster.name,
+        launched_at=int(cluster.launched_at),
+        status=status_lib.ClusterStatus(cluster.status),
+        autostop=-1,
+        to_down=False,
+        cluster_hash=cluster.name,
+        cluster_ever_up=cluster.status == "UP",
+        user_hash="cic-tests",
+        user_name="cic",
+        workspace="default",
+        is_managed=False,
+        nodes=1,
+    )
+
+
+def _payload(fake: FakeRequest) -> Any:
+    """The request as SkyPilot's server encodes it on the wire."""
+    from sky import core, execution
+    from sky.server.requests import requests as requests_lib
+
+    entrypoints = {"sky.launch": execution.launch, "sky.down": core.down}
+    request = requests_lib.Request(
+        request_id=fake.request_id,
+        name=fake.name,
+        entrypoint=entrypoints.get(fake.name, core.status),
+        request_body=fake.body,
+        status=requests_lib.RequestStatus(fake.status),
+        created_at=fake.created_at,
+        user_id="cic-tests",
+        cluster_name=fake.cluster_name,
+    )
+    if fake.status == "SUCCEEDED":
+        request.set_return_value(fake.return_value)
+    if fake.error is not None:
+        request.set_error(fake.error)
+    return request.encode()
+
+
+def _serialized(err: BaseException) -> Any:
+    from sky import exceptions
+
+    return exceptions.serialize_exception(err)
+
+
+def _request_id(fake: FakeRequest) -> web.Response:
+    return web.json_response(None, headers={"X-Skypilot-Request-ID": fake.request_id})
+
+
+def _end(cluster: FakeCluster) -> None:
+    if cluster.process is not None and cluster.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            cluster.process.terminate()
+        try:
+            cluster.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            cluster.process.kill()
+            cluster.process.wait()
