@@ -3,6 +3,7 @@
 import pytest
 
 from cic_billing.config import Settings
+from cic_common.logging import REDACTED, redact
 from cic_common.settings import SettingsError, parse_settings
 
 
@@ -56,3 +57,53 @@ def test_database_url_must_be_postgres_and_is_not_echoed(url: str) -> None:
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=rf"^{variable} is invalid"):
         parse_settings(Settings, {"DATABASE_URL": "postgresql://db/cic", variable: value})
+
+
+def test_stripe_settings_are_optional_and_secret() -> None:
+    bare = parse_settings(Settings, {"DATABASE_URL": "postgres://db/cic"})
+    assert (bare.stripe_api_key, bare.stripe_webhook_secret, bare.stripe_api_base) == (
+        None,
+        None,
+        None,
+    )
+    empty = parse_settings(
+        Settings,
+        {"DATABASE_URL": "postgres://db/cic", "STRIPE_API_KEY": "", "STRIPE_WEBHOOK_SECRET": ""},
+    )
+    assert (empty.stripe_api_key, empty.stripe_webhook_secret) == (None, None)
+
+    key, secret = "sk_live_" + "a" * 24, "whsec_" + "b" * 24
+    settings = parse_settings(
+        Settings,
+        {
+            "DATABASE_URL": "postgres://db/cic",
+            "STRIPE_API_KEY": key,
+            "STRIPE_WEBHOOK_SECRET": secret,
+            "STRIPE_API_BASE": "http://127.0.0.1:12111",
+        },
+    )
+    assert settings.stripe_api_key is not None
+    assert settings.stripe_api_key.get_secret_value() == key
+    assert key not in repr(settings) and secret not in repr(settings)
+    assert settings.stripe_requests_per_s == 500.0
+
+
+def test_test_mode_keys_are_held_to_stripes_test_mode_limit() -> None:
+    settings = parse_settings(
+        Settings,
+        {"DATABASE_URL": "postgres://db/cic", "STRIPE_API_KEY": "sk_test_abc"},
+    )
+    assert settings.stripe_requests_per_s == 20.0
+
+
+@pytest.mark.parametrize("base", ["ftp://x", "not a url", "http://"])
+def test_a_bad_stripe_base_names_the_variable(base: str) -> None:
+    with pytest.raises(SettingsError, match=r"^STRIPE_API_BASE is invalid"):
+        parse_settings(Settings, {"DATABASE_URL": "postgres://db/cic", "STRIPE_API_BASE": base})
+
+
+def test_stripe_secrets_are_redacted_from_logs() -> None:
+    key, secret = "sk_live_" + "a" * 24, "whsec_" + "b" * 24
+    line = redact(f"calling Stripe with {key} and verifying with {secret}")
+    assert key not in line and secret not in line
+    assert line.count(REDACTED) == 2
