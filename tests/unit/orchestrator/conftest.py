@@ -25,6 +25,7 @@ from cic.orchestrator.v1 import orchestrator_pb2_grpc
 from cic_common.settings import parse_settings
 from cic_orchestrator.config import Settings
 from cic_orchestrator.server import OrchestratorService, create_service
+from tests.support.fake_skypilot import FakeSkyPilot
 from tests.unit.orchestrator.fake_scheduler import FakeScheduler
 
 T = TypeVar("T")
@@ -108,6 +109,25 @@ async def scheduler() -> AsyncIterator[FakeScheduler]:
     await fake.start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture
+async def skypilot() -> AsyncIterator[FakeSkyPilot]:
+    """SkyPilot's API server as the real SDK sees it; its clusters are simulator processes."""
+    fake = FakeSkyPilot()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def skypilot_env(fake: FakeSkyPilot, **env: str) -> dict[str, str]:
+    """Settings for an orchestrator with the skypilot provider pointed at ``fake``."""
+    return {
+        "NODE_PROVIDERS": "local,skypilot",
+        "SKYPILOT_API_SERVER_ENDPOINT": fake.endpoint,
+        "SKYPILOT_POLL_INTERVAL_S": "0.05",
+        **env,
+    }
 
 
 def settings_for(database_url: str, scheduler_addr: str, **env: str) -> Settings:
