@@ -71,6 +71,7 @@ class Orchestrator:
     stub: orchestrator_pb2_grpc.OrchestratorServiceStub
     registry: CollectorRegistry
     database_url: str
+    channel: grpc.aio.Channel
 
     async def node(self, node_id: str) -> pb.ManagedNode:
         return (await self.stub.GetNode(pb.GetNodeRequest(node_id=node_id))).node
@@ -160,7 +161,7 @@ async def start_orchestrator(
         port = await service.start(host="127.0.0.1")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
-        orchestrator = Orchestrator(service, stub, registry, database_url)
+        orchestrator = Orchestrator(service, stub, registry, database_url, channel)
         running.append((orchestrator, channel))
         return orchestrator
 

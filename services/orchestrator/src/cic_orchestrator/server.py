@@ -111,11 +111,17 @@ class OrchestratorService:
 
     async def _follow_leadership(self) -> None:
         while True:
-            if not self.election.leading:
-                await self.election.acquire()
-                await self._lead()
-                await self._set_serving(True)
-            await self.election.lost()
+            try:
+                if not self.election.leading:
+                    await self.election.acquire()
+                    await self._lead()
+                    await self._set_serving(True)
+                await self.election.lost()
+            except Exception:
+                # Never hold the lock without leading: give it to another replica.
+                log.exception("leader: taking over failed; giving the lock up")
+                await self.election.release()
+                await asyncio.sleep(self.settings.leader_poll_interval_s)
             await self._step_down()
 
     async def _lead(self) -> None:
