@@ -12,6 +12,8 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self) -> None:
         self.nodes: dict[str, scheduler_pb2.Node] = {}
         self.in_flight: dict[str, int] = {}
+        # A node's vLLM load as the scheduler scrapes it: (running, waiting).
+        self.load: dict[str, tuple[float, float]] = {}
         self.calls: list[tuple[str, str]] = []
         self.address = ""
         self._server: grpc.aio.Server | None = None
@@ -75,6 +77,9 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
             listed = scheduler_pb2.Node()
             listed.CopyFrom(node)
             listed.in_flight = self.in_flight.get(node.id, 0)
+            if node.id in self.load:
+                running, waiting = self.load[node.id]
+                listed.load.running, listed.load.waiting = running, waiting
             nodes.append(listed)
         return scheduler_pb2.ListNodesResponse(nodes=nodes)
 
