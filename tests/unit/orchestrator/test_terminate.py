@@ -87,3 +87,17 @@ async def test_unknown_node_ids(orchestrator: Orchestrator) -> None:
             await call(request)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
         assert refused.value.details() == "no node node-000000000000"
+
+
+@pytest.mark.parametrize("node_id", ["", "node-", "node-XYZ", "x" * 500, "node-000000000000\n"])
+async def test_malformed_node_ids_are_invalid_arguments(
+    orchestrator: Orchestrator, node_id: str
+) -> None:
+    for call, request in [
+        (orchestrator.stub.TerminateNode, pb.TerminateNodeRequest(node_id=node_id)),
+        (orchestrator.stub.GetNode, pb.GetNodeRequest(node_id=node_id)),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "node_id must look like node-0123456789ab"

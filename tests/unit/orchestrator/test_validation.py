@@ -34,6 +34,9 @@ def test_flags_in_both_forms_come_back_as_flag_equals_value() -> None:
         (["--ttft-ms"], "vllm arg --ttft-ms needs a value"),
         (["--ttft-ms=5; rm -rf /"], "vllm arg --ttft-ms needs a number"),
         (["--ttft-ms", "$(id)"], "vllm arg --ttft-ms needs a number"),
+        (["--ttft-ms=5\n"], "vllm arg --ttft-ms needs a number"),
+        (["--seed=7\n"], "vllm arg --seed needs a whole number"),
+        (["--ttft-ms\n=5"], "is not a --flag"),
         (["--fail-rate=2"], "vllm arg --fail-rate must be between 0 and 1"),
         (["--seed=1.5"], "vllm arg --seed needs a whole number"),
         (["--max-model-len=0"], "vllm arg --max-model-len must be at least 1"),
@@ -51,7 +54,9 @@ def test_good_models(model: str) -> None:
     assert check_model(model) == model
 
 
-@pytest.mark.parametrize("model", ["", "-rf", "a b", "x;y", "a" * 129, "$(id)", "/etc"])
+@pytest.mark.parametrize(
+    "model", ["", "-rf", "a b", "x;y", "a" * 129, "$(id)", "/etc", "m\n", "m\r"]
+)
 def test_bad_models(model: str) -> None:
     with pytest.raises(InvalidNodeRequest, match="model must be"):
         check_model(model)
@@ -60,7 +65,7 @@ def test_bad_models(model: str) -> None:
 def test_accelerators() -> None:
     assert check_accelerators("H100:8") == "H100:8"
     assert check_accelerators("") == ""
-    for bad in ("H100", "H100:0", "H100:x", ":1", "H100:1;ls", "A100:1,H100:1"):
+    for bad in ("H100", "H100:0", "H100:x", ":1", "H100:1;ls", "A100:1,H100:1", "H100:1\n"):
         with pytest.raises(InvalidNodeRequest, match="NAME:COUNT"):
             check_accelerators(bad)
 
@@ -70,7 +75,8 @@ def test_clouds() -> None:
         assert check_cloud(good) == good
     for good in ("kubernetes/my-context", "ssh/my-pool", "aws/*/us-east-1a"):
         assert check_cloud(good) == good
-    for bad in ("Local", "a b", "x" * 33, "../x", "aws/", "aws/a/b/c", "aws/$(id)", "k8s/a b"):
+    bad_clouds = ("Local", "a b", "x" * 33, "../x", "aws/", "aws/a/b/c", "aws/$(id)", "k8s/a b")
+    for bad in (*bad_clouds, "aws\n"):
         with pytest.raises(InvalidNodeRequest, match="cloud must be"):
             check_cloud(bad)
 

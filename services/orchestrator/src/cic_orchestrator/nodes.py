@@ -31,7 +31,7 @@ def new_node_id() -> str:
 
 
 def check_node_id(node_id: str) -> str:
-    if not _NODE_ID.match(node_id):
+    if not _NODE_ID.fullmatch(node_id):
         raise InvalidNodeRequest("node_id must look like node-0123456789ab")
     return node_id
 

@@ -74,7 +74,7 @@ VLLM_FLAGS: dict[str, ValueCheck] = {
 
 
 def check_vllm_version(value: str) -> str:
-    if not _VERSION.match(value):
+    if not _VERSION.fullmatch(value):
         raise ValueError("must be a vLLM release such as 0.33.0")
     return value
 

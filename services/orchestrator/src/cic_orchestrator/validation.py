@@ -34,7 +34,7 @@ SWITCH: ValueCheck = _no_value
 
 
 def check_model(model: str) -> str:
-    if not _MODEL.match(model):
+    if not _MODEL.fullmatch(model):
         raise InvalidNodeRequest(
             "model must be 1-128 characters of letters, digits and . _ / : - "
             "starting with a letter or digit"
@@ -44,7 +44,7 @@ def check_model(model: str) -> str:
 
 def check_accelerators(accelerators: str) -> str:
     """``NAME:COUNT`` (e.g. ``H100:1``), or empty when the provider needs none."""
-    if accelerators and not _ACCELERATORS.match(accelerators):
+    if accelerators and not _ACCELERATORS.fullmatch(accelerators):
         raise InvalidNodeRequest("accelerators must look like NAME:COUNT, e.g. H100:1")
     return accelerators
 
@@ -52,7 +52,7 @@ def check_accelerators(accelerators: str) -> str:
 def check_cloud(cloud: str) -> str:
     """A cloud, optionally with region and zone or a Kubernetes context or SSH node pool, as
     SkyPilot's ``infra`` takes it (``aws/us-east-1``, ``k8s``, ``ssh/my-pool``), or ``local``."""
-    if cloud and not _CLOUD.match(cloud):
+    if cloud and not _CLOUD.fullmatch(cloud):
         raise InvalidNodeRequest(
             "cloud must be a cloud name with an optional /region[/zone], e.g. local, aws, "
             "aws/us-east-1, kubernetes/my-context, ssh/my-pool"
@@ -71,7 +71,7 @@ def check_endpoint(endpoint: str) -> str:
         raise InvalidNodeRequest(message) from None
     if (
         parts.scheme not in ("http", "https")
-        or not _HOST.match(parts.hostname or "")
+        or not _HOST.fullmatch(parts.hostname or "")
         or parts.path not in ("", "/")
         or parts.query
         or parts.fragment
@@ -83,7 +83,7 @@ def check_endpoint(endpoint: str) -> str:
 
 def number(minimum: float | None = None, maximum: float | None = None) -> ValueCheck:
     def check(value: str) -> str | None:
-        if not _NUMBER.match(value):
+        if not _NUMBER.fullmatch(value):
             return "needs a number"
         if (minimum is not None and float(value) < minimum) or (
             maximum is not None and float(value) > maximum
@@ -96,7 +96,7 @@ def number(minimum: float | None = None, maximum: float | None = None) -> ValueC
 
 def whole_number(minimum: int = 0, maximum: int | None = None) -> ValueCheck:
     def check(value: str) -> str | None:
-        if not _INTEGER.match(value):
+        if not _INTEGER.fullmatch(value):
             return "needs a whole number"
         if int(value) < minimum:
             return f"must be at least {minimum}"
@@ -132,7 +132,7 @@ def check_flag_args(args: Sequence[str], allowed: Mapping[str, ValueCheck]) -> l
     while position < len(args):
         item = args[position]
         flag, has_value, value = item.partition("=")
-        if not _FLAG.match(flag):
+        if not _FLAG.fullmatch(flag):
             raise InvalidNodeRequest(f"vllm arg {_quote(item)} is not a --flag")
         if flag not in allowed:
             names = ", ".join(sorted(allowed)) or "none"

@@ -10,8 +10,10 @@ under ``~/.sky``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
+import io
 import logging
 import os
 import sys
@@ -107,7 +109,9 @@ class SkyClient:
         def submit() -> str:
             sky = sky_module()
             task = parse_task(config)
-            return str(sky.launch(task, cluster_name=cluster_name, retry_until_up=False))
+            # The SDK prints "Running on cluster: ..." for a terminal; stdout carries our logs.
+            with contextlib.redirect_stdout(io.StringIO()):
+                return str(sky.launch(task, cluster_name=cluster_name, retry_until_up=False))
 
         return await self._call(submit)
 
