@@ -9,8 +9,9 @@ the benchmark as they would in production. After an ``idle`` phase (CPU only) co
 phases: ``health`` (the gRPC health check at the same rate: the floor of any RPC of this
 server), ``release`` (each pick followed by one ReleaseNode call) and ``releases`` (leases given
 back in ReleaseNodes batches the way the gateway does: one call under way at a time, every
-release made meanwhile in the next). It prints, per phase, pick latency p50/p90/p99/max, the
-achieved rate, errors, leases left behind, how late the clock sent, and the CPU of the
+release made meanwhile in the next) and ``route`` (the gateway's own scheduler client: picks
+and releases over one ``Route`` stream, picks that meet batched). It prints, per phase, pick
+latency p50/p90/p99/max, the achieved rate, errors, leases left behind, how late the clock sent, and the CPU of the
 scheduler, Redis, the node and the load generator; then the verdict against the target
 (p99 <= 2 ms at 1,000 picks/s) and one JSON line. Exits 1 if any pick or release failed or a
 lease was left behind.
@@ -50,6 +51,8 @@ from scheduler_harness import (
 
 from cic.scheduler.v1 import scheduler_pb2 as pb
 from cic.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from cic_gateway.errors import ApiError
+from cic_gateway.scheduler_client import SchedulerClient
 
 MODEL = "cic-bench-pick"
 TARGET_RATE = 1000.0
@@ -68,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--nodes", type=int, default=64, help="nodes registered (default 64)")
     add(
         "--modes",
-        default="health,release,releases",
-        help="comma-separated: release, releases, health",
+        default="health,release,releases,route",
+        help="comma-separated: release, releases, route, health",
     )
     add("--idle", type=float, default=3.0, help="seconds metered with no picks first (default 3)")
     add(
@@ -232,6 +235,50 @@ class PickDriver:
         return self.out
 
 
+class RouteDriver:
+    """The ``route`` phase: the gateway's scheduler client (``grpc.aio``, one ``Route`` stream),
+    a pick due every ``1/rate`` s as its own task, its lease given back as soon as it arrives."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        self._client = SchedulerClient(stub, pick_timeout_s=RPC_TIMEOUT_S)
+        self.out = PickPhase()
+        self.release_calls = 0
+
+    async def _one(self, due: float, measure_from: float) -> None:
+        started = time.perf_counter()
+        try:
+            lease = await self._client.pick(MODEL)
+        except ApiError as err:
+            self.out.fail(f"pick: {err.status} {err.message}")
+            return
+        if due >= measure_from:
+            self.out.latencies.append(time.perf_counter() - started)
+            self.out.lateness.append(started - due)
+        self._client.release_soon(lease, pb.OUTCOME_SUCCESS, 12, 16)
+
+    async def run(self, rate: float, warmup_s: float, duration_s: float) -> PickPhase:
+        interval = 1.0 / rate
+        start = time.perf_counter()
+        measure_from = start + warmup_s
+        stop_at = measure_from + duration_s
+        tasks: set[asyncio.Task[None]] = set()
+        sent = 0
+        while (now := time.perf_counter()) < stop_at:
+            while (due := start + sent * interval) <= now and due < stop_at:
+                task = asyncio.create_task(self._one(due, measure_from))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+            await asyncio.sleep(TICK_S)
+        self.out.window_s = duration_s
+        self.out.sent = sent
+        if tasks:
+            await asyncio.wait(tasks, timeout=RPC_TIMEOUT_S * 2)
+        await self._client.drain(RPC_TIMEOUT_S)
+        return self.out
+
+
 async def _register(stub: pb_grpc.SchedulerServiceStub, endpoint: str, count: int) -> None:
     """``count`` nodes of MODEL, all pointing at the one simulated node (each is probed)."""
     labels = {"cloud": "local", "region": "bench", "accelerator": "SIM"}
@@ -311,13 +358,19 @@ async def _measure(addr: str, meter: CpuMeter, args: argparse.Namespace) -> dict
         phases["idle"] = {"cores": meter.stop()}
         print("idle     cpu (cores): " + _cores_text(phases["idle"]["cores"]), flush=True)
         for mode in args.modes.split(","):
-            driver = PickDriver(sync_channel, mode)
+            driver: PickDriver | RouteDriver
+            driver = RouteDriver(channel) if mode == "route" else PickDriver(sync_channel, mode)
             leases_before = await _leases_left(stub)
             gc.collect()
             gc.disable()
             meter.start()
             try:
-                phase = await asyncio.to_thread(driver.run, args.rate, args.warmup, args.duration)
+                if isinstance(driver, RouteDriver):
+                    phase = await driver.run(args.rate, args.warmup, args.duration)
+                else:
+                    phase = await asyncio.to_thread(
+                        driver.run, args.rate, args.warmup, args.duration
+                    )
             finally:
                 gc.enable()
             cores = meter.stop()
@@ -333,7 +386,7 @@ def _report(phases: dict[str, Any], args: argparse.Namespace) -> int:
     other = max(p["cores"].get("other", 0.0) for p in phases.values())
     if other > MAX_OTHER_CORES:
         print(f"WARNING: other work took up to {other:.2f} cores during the run: unreliable.")
-    loaded = [p for mode, p in phases.items() if mode in ("release", "releases")]
+    loaded = [p for mode, p in phases.items() if mode in ("release", "releases", "route")]
     worst = max(p["p99_ms"] for p in loaded)
     slowest = min(p["rate"] for p in loaded)
     met = worst <= TARGET_P99_MS and slowest >= TARGET_RATE * 0.99

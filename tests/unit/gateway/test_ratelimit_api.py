@@ -11,6 +11,7 @@ import pytest
 from multidict import CIMultiDict
 from redis.asyncio import Redis
 
+from cic.scheduler.v1 import scheduler_pb2
 from cic_gateway.resources import LIMITER
 from tests.unit.gateway.conftest import MODEL, Gateway, StartGateway
 from tests.unit.gateway.fakes import FakeServices
@@ -255,3 +256,25 @@ async def test_models_listing_is_not_rate_limited(gateway: Gateway) -> None:
             gateway.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}
         ) as resp:
             assert resp.status == 200
+
+
+async def test_a_refused_request_gives_back_the_node_asked_for_alongside_the_check(
+    gateway: Gateway,
+) -> None:
+    """The node is picked while the limits are checked; a 429 gives that lease straight back,
+    and the tenant's next requests within the wait are checked before any pick."""
+    fake = gateway.services.scheduler
+    _, _, key = await limited_key(gateway, rpm_limit=1)
+    assert (await chat(gateway, key))[0] == 200
+    picks_before = len(fake.picks)
+    assert (await chat(gateway, key))[0] == 429
+    releases = await fake.wait_for_releases(2)
+    assert len(fake.picks) == picks_before + 1  # asked for alongside the check
+    refused = [r for r in releases if r.outcome == scheduler_pb2.OUTCOME_CLIENT_ERROR]
+    assert len(refused) == 1 and (refused[0].prompt_tokens, refused[0].completion_tokens) == (0, 0)
+    for _ in range(3):
+        assert (await chat(gateway, key))[0] == 429
+    # Another tenant's request: its pick travels behind any the refused requests made.
+    _, _, other = await limited_key(gateway, rpm_limit=5)
+    assert (await chat(gateway, other))[0] == 200
+    assert len(fake.picks) == picks_before + 2  # within the wait: refused without a pick

@@ -57,8 +57,18 @@ async def _forward(request: web.Request, path: str, *, streams: bool) -> web.Str
     check_fields(path, body)
     stream = streams and body.get("stream") is True
     upstream_body, wish = _stream_body(body) if stream else (raw, UsageWish(False, False))
-    limiter = request.app[LIMITER]  # before the scheduler is asked for a node
-    reservation = await limiter.admit(request, auth, body, generates=streams)
+    limiter, proxy = request.app[LIMITER], request.app[PROXY]
+    routing_key = prefix_key(body) if streams else ""
+    # The node is asked for while the rate limits are checked (two round trips at once, not one
+    # after the other); a refused request gives its lease straight back. After a refusal the
+    # tenant's requests check first, until the wait it was told has passed.
+    early_pick = proxy.pick_early(model, routing_key) if limiter.likely_admits(auth) else None
+    try:
+        reservation = await limiter.admit(request, auth, body, generates=streams)
+    except BaseException:
+        if early_pick is not None:
+            proxy.abandon(early_pick)
+        raise
     call = ProxyRequest(
         request_id=request[REQUEST_ID],
         auth=auth,
@@ -68,10 +78,10 @@ async def _forward(request: web.Request, path: str, *, streams: bool) -> web.Str
         stream=stream,
         wish=wish,
         on_usage=reservation.add_usage,
-        prefix_key=prefix_key(body) if streams else "",
+        prefix_key=routing_key,
     )
     try:
-        return await request.app[PROXY].handle(request, call)
+        return await proxy.handle(request, call, early_pick)
     finally:
         limiter.settle_soon(reservation)  # with the tokens the node reported (none if no node)
 

@@ -114,8 +114,39 @@ class Proxy:
         self._sink = sink
         self._metrics = metrics
 
-    async def handle(self, request: web.Request, call: ProxyRequest) -> web.StreamResponse:
-        lease = await self._scheduler.pick(call.model, prefix_key=call.prefix_key)
+    def pick_early(self, model: str, prefix_key: str) -> asyncio.Future[Lease]:
+        """The scheduler asked for a node now, for a request :meth:`handle` may serve later (or
+        :meth:`abandon`)."""
+        return asyncio.ensure_future(self._scheduler.pick(model, prefix_key=prefix_key))
+
+    def abandon(self, pick: asyncio.Future[Lease]) -> None:
+        """An early pick whose request will not be served: its lease (once it comes) goes
+        straight back."""
+
+        def give_back(done: asyncio.Future[Lease]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            self._scheduler.release_soon(done.result(), Outcome.OUTCOME_CLIENT_ERROR, 0, 0)
+
+        pick.add_done_callback(give_back)
+
+    async def handle(
+        self,
+        request: web.Request,
+        call: ProxyRequest,
+        early_pick: asyncio.Future[Lease] | None = None,
+    ) -> web.StreamResponse:
+        """Serves ``call`` on the node ``early_pick`` chose (see :meth:`pick_early`), or on one
+        the scheduler is asked for now."""
+        try:
+            if early_pick is not None:
+                lease = await asyncio.shield(early_pick)
+            else:
+                lease = await self._scheduler.pick(call.model, prefix_key=call.prefix_key)
+        except asyncio.CancelledError:
+            if early_pick is not None:
+                self.abandon(early_pick)
+            raise
         request[MODEL_LABEL] = call.model  # a model the scheduler knows: a bounded metric label
         exchange = Exchange(lease)
         try:

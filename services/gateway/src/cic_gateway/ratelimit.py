@@ -103,6 +103,9 @@ def _pick(own: int | None, default: int) -> int:
     return own if own is not None else default
 
 
+_MAX_REFUSALS_REMEMBERED = 10_000
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -131,6 +134,25 @@ class RateLimiter:
         self._paused_until = 0.0
         self._outage = _OutageLog(clock)
         self._settling: set[asyncio.Task[None]] = set()
+        # tenant id -> when its last refusal's wait ends (this replica's view; see likely_admits)
+        self._refused_until: dict[str, float] = {}
+
+    def likely_admits(self, auth: KeyAuth) -> bool:
+        """False while a request of ``auth``'s tenant was refused here and the wait it was told
+        has not passed: a hint (never a decision) that lets the caller skip work it would start
+        alongside the check, so that a client hammering past its limit costs little."""
+        until = self._refused_until.get(auth.tenant_id)
+        if until is None:
+            return True
+        if self._clock() < until:
+            return False
+        del self._refused_until[auth.tenant_id]
+        return True
+
+    def _refused(self, auth: KeyAuth, wait_us: int) -> None:
+        if len(self._refused_until) >= _MAX_REFUSALS_REMEMBERED:
+            self._refused_until.clear()
+        self._refused_until[auth.tenant_id] = self._clock() + wait_us / 1_000_000
 
     def buckets(self, auth: KeyAuth, tokens: Callable[[], int]) -> list[Bucket]:
         """The buckets that apply to ``auth``'s requests; ``tokens`` (the request's estimate) is
@@ -188,6 +210,7 @@ class RateLimiter:
         if not allowed:
             hit = buckets[worst - 1]
             self._metrics.rate_limited.labels(hit.scope, hit.kind).inc()
+            self._refused(auth, wait_us)
             raise rate_limited_error(hit.scope, hit.kind, hit.limit, hit.cost, wait_us, headers)
         return Reservation(tuple(b for b in buckets if b.kind == TOKENS), headers)
 
