@@ -11,10 +11,10 @@ server), ``release`` (each pick followed by one ReleaseNode call) and ``releases
 back in ReleaseNodes batches the way the gateway does: one call under way at a time, every
 release made meanwhile in the next) and ``route`` (the gateway's own scheduler client: picks
 and releases over one ``Route`` stream, picks that meet batched). It prints, per phase, pick
-latency p50/p90/p99/max, the achieved rate, errors, leases left behind, how late the clock sent, and the CPU of the
-scheduler, Redis, the node and the load generator; then the verdict against the target
-(p99 <= 2 ms at 1,000 picks/s) and one JSON line. Exits 1 if any pick or release failed or a
-lease was left behind.
+latency p50/p90/p99/max, the achieved rate, errors, leases left behind, how late the clock
+sent, and the CPU of the scheduler, Redis, the node and the load generator; then the verdict
+against the target (p99 <= 2 ms at 1,000 picks/s) and one JSON line. Exits 1 if any pick or
+release failed or a lease was left behind.
 """
 
 from __future__ import annotations
