@@ -99,13 +99,15 @@ StartGateway = Callable[..., Any]
 
 @pytest.fixture
 async def start_gateway(
-    database_url: str, redis_url: str, services: FakeServices, node: FakeNode
+    database_url: str, redis_url: str, redis_prefix: str, services: FakeServices, node: FakeNode
 ) -> AsyncIterator[StartGateway]:
     """Starts a gateway (settings overridable per test); all are stopped afterwards."""
     runners: list[web.AppRunner] = []
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(**extra: str) -> Gateway:
+        # The test's own Redis keys (the usage outbox is a stream every replica shares).
+        extra.setdefault("REDIS_KEY_PREFIX", redis_prefix)
         settings = gateway_settings(database_url, redis_url, services.address, **extra)
         registry = CollectorRegistry()
         app = create_app(settings, registry=registry)

@@ -56,7 +56,11 @@ async def _refuses_connections(session: aiohttp.ClientSession, url: str) -> bool
 
 
 async def test_sigterm_finishes_streams_flushes_usage_and_exits_0(
-    database_url: str, redis_url: str, services: FakeServices, slow_sim: TestServer
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    services: FakeServices,
+    slow_sim: TestServer,
 ) -> None:
     services.scheduler.add_node("sim-1", SIM_MODEL, f"http://127.0.0.1:{slow_sim.port}")
     port = free_port()
@@ -64,6 +68,7 @@ async def test_sigterm_finishes_streams_flushes_usage_and_exits_0(
         "PATH": os.environ.get("PATH", ""),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
         "ADMIN_API_TOKEN": ADMIN_TOKEN,
         "SCHEDULER_ADDR": services.address,
         "BILLING_ADDR": services.address,

@@ -32,6 +32,11 @@ class GatewaySettings(ServiceSettings):
     key_cache_ttl_s: float = Field(default=5.0, gt=0, le=5)
     # Usage events are sent to billing in batches at least this often.
     usage_flush_interval_s: float = Field(default=0.25, gt=0, le=60)
+    # Usage events per RecordUsage call to billing.
+    usage_batch_size: int = Field(default=500, ge=1, le=5000)
+    # Outbox entries a replica read but has not had confirmed by billing for this long are
+    # taken over by another replica (one that crashed, or stopped while billing was down).
+    usage_outbox_claim_idle_s: float = Field(default=30.0, gt=0, le=86400)
     # Prefix of every Redis key and pub/sub channel the gateway uses (rate limits, revocations).
     redis_key_prefix: str = Field(default="cic:", max_length=100, pattern=r"^[A-Za-z0-9_.:\-]*$")
     # Per-minute limits for keys and tenants whose row has none; 0 = unlimited.

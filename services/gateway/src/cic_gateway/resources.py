@@ -29,7 +29,7 @@ from cic_gateway.proxy import Proxy
 from cic_gateway.ratelimit import Limits, RateLimiter, create_rate_limiter_redis
 from cic_gateway.revocation import Revocations
 from cic_gateway.scheduler_client import SchedulerClient
-from cic_gateway.usage import BillingUsageSender, UsageSink
+from cic_gateway.usage import OutboxOptions, UsageOutbox, UsageSink
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,33 @@ async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
-    sender = BillingUsageSender(
-        app[SERVICES].billing, app[METRICS], flush_interval_s=app[SETTINGS].usage_flush_interval_s
+    """The durable usage outbox in Redis and its forwarder to billing (see ``usage``), on a
+    Redis client of its own (its reads block for up to the flush interval)."""
+    s = app[SETTINGS]
+    block_s = min(s.usage_flush_interval_s, 5.0)
+    client = Redis.from_url(
+        s.redis_url,
+        socket_connect_timeout=2.0,
+        socket_timeout=block_s + 5.0,
+        health_check_interval=15,
     )
-    await sender.start()
-    app[USAGE] = sender
+    outbox = UsageOutbox(
+        client,
+        app[SERVICES].billing,
+        app[METRICS],
+        OutboxOptions(
+            prefix=s.redis_key_prefix,
+            batch_size=s.usage_batch_size,
+            block_s=block_s,
+            claim_idle_s=s.usage_outbox_claim_idle_s,
+            rpc_timeout_s=s.grpc_timeout_s,
+        ),
+    )
+    await outbox.start()
+    app[USAGE] = outbox
     yield
-    await sender.close(USAGE_FLUSH_TIMEOUT_S)
+    await outbox.close(USAGE_FLUSH_TIMEOUT_S)
+    await client.aclose()
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
