@@ -209,3 +209,39 @@ async def test_scale_up_waits_for_sustained_demand_and_down_for_longer(
     assert [await at(t) for t in (100, 250, 399.9)] == [3, 3, 3]
     assert await at(400) == 2  # one node draining after 300 s below target
     assert await at(401) == 2
+
+
+async def test_below_min_nodes_it_launches_at_once_but_does_not_hammer_failing_launches(
+    start_orchestrator, scheduler
+) -> None:
+    orchestrator: Orchestrator = await start_orchestrator(LOCAL_SIM_COMMAND="false", **NOT_LOOKING)
+    service = orchestrator.service
+    await _set(orchestrator, local_policy(min_nodes=1, max_nodes=2, vllm_args=[]))
+    clock = Clock()
+    pool = service._pool
+    assert pool is not None and service.lifecycle is not None
+    autoscaler = Autoscaler(
+        PolicyStore(pool),
+        NodeStore(pool),
+        service.scheduler,
+        service.lifecycle,
+        service.metrics,
+        interval_s=1,
+        scale_up_after_s=30,
+        scale_down_after_s=300,
+        clock=clock,
+    )
+
+    async def launched_at(second: float) -> int:
+        clock.now = second
+        await autoscaler.round()
+        nodes = (await orchestrator.stub.ListNodes(pb.ListNodesRequest())).nodes
+        for node in nodes:
+            await orchestrator.wait_state(node.id, pb.NODE_STATE_FAILED)
+        return len(nodes)
+
+    assert await launched_at(0) == 1  # at once
+    assert [await launched_at(t) for t in (1, 10, 29.9)] == [1, 1, 1]
+    assert await launched_at(30) == 2
+    failed = (await orchestrator.stub.ListNodes(pb.ListNodesRequest())).nodes[0]
+    assert failed.failure_reason == "process exited with code 1 before /health answered"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -55,6 +56,9 @@ class Autoscaler:
         # When each model's wish to grow (shrink) began; dropped when it stops.
         self._wants_more_since: dict[str, float] = {}
         self._wants_fewer_since: dict[str, float] = {}
+        # When the autoscaler last launched for each model: below min_nodes it launches at
+        # once, but not again within SCALE_UP_AFTER_S (launches that keep failing).
+        self._launched_at: dict[str, float] = {}
         self._loop: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -67,6 +71,7 @@ class Autoscaler:
             self._loop = None
         self._wants_more_since.clear()
         self._wants_fewer_since.clear()
+        self._launched_at.clear()
 
     async def _run(self) -> None:
         while True:
@@ -89,10 +94,9 @@ class Autoscaler:
             nodes = [n for n in live if n.model == policy.model]
             await self._scale(policy, queued.get(policy.model, 0.0), nodes)
         known = {p.model for p in policies}
-        for model in set(self._wants_more_since) - known:
-            del self._wants_more_since[model]
-        for model in set(self._wants_fewer_since) - known:
-            del self._wants_fewer_since[model]
+        for timers in (self._wants_more_since, self._wants_fewer_since, self._launched_at):
+            for model in set(timers) - known:
+                del timers[model]
 
     async def _scale(self, policy: ScalingPolicy, queued: float, nodes: list[NodeRecord]) -> None:
         model, now = policy.model, self._clock()
@@ -102,9 +106,13 @@ class Autoscaler:
         if desired > current:
             self._wants_fewer_since.pop(model, None)
             since = self._wants_more_since.setdefault(model, now)
-            if current < policy.min_nodes or now - since >= self._up_after_s:
+            below_min = current < policy.min_nodes and (
+                now - self._launched_at.get(model, -math.inf) >= self._up_after_s
+            )
+            if below_min or now - since >= self._up_after_s:
                 await self._launch(policy, desired - current, queued)
                 self._wants_more_since.pop(model, None)
+                self._launched_at[model] = now
         elif desired < current:
             self._wants_more_since.pop(model, None)
             since = self._wants_fewer_since.setdefault(model, now)

@@ -177,7 +177,11 @@ class NodeLifecycle:
         if failed is None:
             return
         log.warning("node %s: failed: %s", record.id, reason)
-        await self._provider(failed).terminate(failed.id, failed.provider_handle)
+        try:
+            await self._provider(failed).terminate(failed.id, failed.provider_handle)
+        except Exception as err:
+            # What remains of it is found again by the reconcile loop (it is no live node's).
+            log.warning("node %s: cannot end what remains of it yet: %s", record.id, err)
         if failed.previous_state in (NodeState.READY, NodeState.DRAINING):
             await self.deregister_quietly(failed.id)
         await self.refresh_gauges()
