@@ -63,6 +63,8 @@ class FakeSkyPilot:
     def __init__(self, provision_s: float = 0.2) -> None:
         self.provision_s = provision_s
         self.fail_launches = False
+        # While set and not yet released, /launch holds its answer (the SDK's call blocks).
+        self.launch_gate: asyncio.Event | None = None
         self.clusters: dict[str, FakeCluster] = {}
         self.requests: dict[str, FakeRequest] = {}
         self.calls: list[str] = []
@@ -146,6 +148,8 @@ class FakeSkyPilot:
 
         body = payloads.LaunchBody(**await request.json())
         self.calls.append(f"launch {body.cluster_name}")
+        if self.launch_gate is not None:
+            await self.launch_gate.wait()
         dag = dag_utils.load_chain_dag_from_yaml_str(body.task)
         task = dag.tasks[0]
         model = _served_model(task.run)

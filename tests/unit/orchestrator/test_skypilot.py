@@ -3,6 +3,7 @@ clusters are simulator processes, so that a launched node really serves and real
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import asyncpg
@@ -57,6 +58,24 @@ async def test_launch_through_skypilot_serves_then_terminate_tears_the_cluster_d
     assert cluster not in skypilot.clusters
     assert f"down {cluster}" in skypilot.calls
     assert scheduler.methods_for(node.id)[-2:] == ["DrainNode", "DeregisterNode"]
+
+
+async def test_calls_are_answered_while_an_sdk_call_blocks(
+    start_orchestrator, skypilot: FakeSkyPilot
+) -> None:
+    """The stand-in runs on the test's event loop, as the orchestrator does: an SDK call made
+    on the loop would never get its answer. While sky.launch waits for it, calls go on."""
+    orchestrator: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
+    skypilot.launch_gate = asyncio.Event()
+    node_id = (await orchestrator.stub.LaunchNode(sky_launch())).node.id
+    await eventually(now(lambda: f"launch cic-{node_id}" in skypilot.calls), "sky.launch sent")
+    for _ in range(3):
+        assert (await orchestrator.node(node_id)).state == pb.NODE_STATE_LAUNCHING
+        listed = await orchestrator.stub.ListNodes(pb.ListNodesRequest())
+        assert [n.id for n in listed.nodes] == [node_id]
+    assert await orchestrator.handle(node_id) == {}  # the request id is not known yet
+    skypilot.launch_gate.set()
+    await orchestrator.wait_state(node_id, pb.NODE_STATE_READY)
 
 
 async def test_a_launch_skypilot_cannot_place_fails_with_its_reason(
