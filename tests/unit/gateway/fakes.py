@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from cic.billing.v1 import billing_pb2, billing_pb2_grpc
 from cic.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -156,6 +157,11 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
         self.fail_code = grpc.StatusCode.UNAVAILABLE
         self.usage_queries: list[billing_pb2.GetUsageRequest] = []
         self.usage_reply = billing_pb2.GetUsageResponse()
+        self.prices: dict[str, tuple[int, int]] = {"cic-sim-small": (100_000, 200_000)}
+        self.webhooks: list[billing_pb2.StripeWebhookRequest] = []
+        self.webhook_reply = billing_pb2.StripeWebhookResponse(event_id="evt_fake")
+        self.webhook_error: tuple[grpc.StatusCode, str] | None = None
+        self.confirmed: list[str] = []
         self._arrived = asyncio.Condition()
 
     async def RecordUsage(self, request, context):
@@ -177,6 +183,42 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
     async def GetUsage(self, request, context):
         self.usage_queries.append(request)
         return self.usage_reply
+
+    def _price(self, model: str) -> billing_pb2.ModelPrice:
+        prompt, completion = self.prices[model]
+        return billing_pb2.ModelPrice(
+            model=model,
+            prompt_micro_usd_per_mtok=prompt,
+            completion_micro_usd_per_mtok=completion,
+            updated_at=Timestamp(seconds=1),
+        )
+
+    async def ListPrices(self, request, context):
+        return billing_pb2.ListPricesResponse(prices=[self._price(m) for m in sorted(self.prices)])
+
+    async def SetPrice(self, request, context):
+        self.prices[request.model] = (
+            request.prompt_micro_usd_per_mtok,
+            request.completion_micro_usd_per_mtok,
+        )
+        return self._price(request.model)
+
+    async def DeletePrice(self, request, context):
+        if self.prices.pop(request.model, None) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no price for model {request.model!r}")
+        return billing_pb2.DeletePriceResponse()
+
+    async def HandleStripeWebhook(self, request, context):
+        """Takes every delivery (the real billing verifies the signature), or refuses it with
+        ``webhook_error``."""
+        self.webhooks.append(request)
+        if self.webhook_error is not None:
+            await context.abort(*self.webhook_error)
+        return self.webhook_reply
+
+    async def ConfirmStripeEvent(self, request, context):
+        self.confirmed.append(request.event_id)
+        return billing_pb2.ConfirmStripeEventResponse()
 
     async def wait_for_events(
         self, count: int, timeout: float = 10.0

@@ -112,7 +112,12 @@ def _streamed(case: Case, usage: bool) -> Case:
 
 
 def _known_ids(operation: APIOperation, target: Target) -> dict[str, str]:
-    known = {"tenant_id": target.tenant_id, "key_id": target.key_id, "node_id": FAKE_NODE_ID}
+    known = {
+        "tenant_id": target.tenant_id,
+        "key_id": target.key_id,
+        "node_id": FAKE_NODE_ID,
+        "model": SIM_MODEL,  # the fake billing has its price
+    }
     return {name: value for name, value in known.items() if f"{{{name}}}" in operation.path}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cic_gateway import admin, admin_ops, health, openai_api, openapi
+from cic_gateway import admin, admin_ops, admin_prices, health, openai_api, openapi, stripe_webhook
 
 
 def setup_routes(app: web.Application) -> None:
@@ -32,5 +32,11 @@ def setup_routes(app: web.Application) -> None:
             web.post("/admin/nodes/launch", admin_ops.launch_node),
             web.delete("/admin/nodes/{node_id}", admin_ops.terminate_node),
             web.get("/admin/audit", admin_ops.list_audit, allow_head=False),
+            # Model prices, kept by billing (a model name may hold slashes).
+            web.get("/admin/prices", admin_prices.list_prices, allow_head=False),
+            web.put(r"/admin/prices/{model:.+}", admin_prices.set_price),
+            web.delete(r"/admin/prices/{model:.+}", admin_prices.delete_price),
+            # Stripe's events (signed; no API key or admin token).
+            web.post("/webhooks/stripe", stripe_webhook.stripe_webhook),
         ]
     )
