@@ -95,6 +95,13 @@ _STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 ROUTE_RETRY_AFTER_S = 1.0
 
 
+# Releases the scheduler could not take wait for it this long at first, doubling up to the max.
+RELEASE_RETRY_FIRST_S = 0.2
+RELEASE_RETRY_MAX_S = 5.0
+MAX_QUEUED_RELEASES = 100_000
+_RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 class _StreamBroken(Exception):
     """The Route stream ended before this pick was answered."""
 
@@ -340,6 +347,11 @@ class SchedulerClient:
             self._sender = asyncio.create_task(self._send_releases())
 
     async def _send_releases(self) -> None:
+        """Sends the queued releases; while the scheduler cannot be reached they wait and are
+        tried again (with back-off), so that a scheduler restart leaves no node looking busy
+        until the lease TTL. Past ``MAX_QUEUED_RELEASES`` the oldest are dropped (the TTL gives
+        those back)."""
+        delay = RELEASE_RETRY_FIRST_S
         while self._pending:
             batch, self._pending = self._pending, []
             try:
@@ -347,9 +359,20 @@ class SchedulerClient:
                     scheduler_pb2.ReleaseNodesRequest(releases=batch),
                     timeout=self._release_timeout_s,
                 )
+                delay = RELEASE_RETRY_FIRST_S
             except grpc.aio.AioRpcError as err:
-                # The scheduler gives back leases nobody released after its lease TTL.
-                log.warning("ReleaseNodes (%d leases) failed: %s", len(batch), err.code().name)
+                if err.code() not in _RETRIED_CODES:
+                    log.warning("ReleaseNodes (%d leases) failed: %s", len(batch), err.code().name)
+                    continue
+                self._pending = (batch + self._pending)[-MAX_QUEUED_RELEASES:]
+                log.warning(
+                    "ReleaseNodes (%d leases) failed: %s; trying again in %.1f s",
+                    len(batch),
+                    err.code().name,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RELEASE_RETRY_MAX_S)
 
     async def drain(self, timeout_s: float) -> None:
         """Sends the releases still queued and closes the Route stream, waiting (up to
