@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,17 @@ def free_ports() -> Ports:
 
 @contextlib.asynccontextmanager
 async def running_platform(
-    database_url: str, redis_url: str, redis_prefix: str, name: str, **config: Any
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    **config: Any,
 ) -> AsyncIterator[Stack]:
     """Scheduler, billing, orchestrator and gateway as real processes, with simulated nodes
-    (``StackConfig`` fields override the defaults), their Redis keys under ``redis_prefix``;
-    logs under test-artifacts/<name>/. Every service must exit cleanly at the end."""
+    (``StackConfig`` fields override the defaults, ``env`` adds settings for every service),
+    their Redis keys under ``redis_prefix``; logs under test-artifacts/<name>/. Every service
+    must exit cleanly at the end."""
     log_dir = ARTIFACTS / name
     log_dir.mkdir(parents=True, exist_ok=True)
     for old in log_dir.glob("*.log"):
@@ -43,6 +49,7 @@ async def running_platform(
             "PATH": str(Path(sys.executable).parent),
             "HOME": str(log_dir),
             "REDIS_KEY_PREFIX": redis_prefix,
+            **(env or {}),
         },
         **config,
     }
