@@ -70,7 +70,7 @@ def _unique_in_lock_order(rows: Sequence[LedgerRow]) -> list[LedgerRow]:
     take their row locks in the same order and cannot deadlock."""
     first: dict[str, LedgerRow] = {}
     for row in rows:
-        first.setdefault(row.request_id, row)
+        first.setdefault(row[0], row)
     return [first[request_id] for request_id in sorted(first)]
 
 
@@ -84,21 +84,7 @@ class Ledger:
         unique = _unique_in_lock_order(rows)
         if not unique:
             return []
-        columns = [
-            [r.request_id for r in unique],
-            [r.tenant_id for r in unique],
-            [r.api_key_id for r in unique],
-            [r.model for r in unique],
-            [r.node_id for r in unique],
-            [r.prompt_tokens for r in unique],
-            [r.completion_tokens for r in unique],
-            [r.cost_micro_usd for r in unique],
-            [r.started_at for r in unique],
-            [r.finished_at for r in unique],
-            [r.streamed for r in unique],
-            [r.status_code for r in unique],
-        ]
-        records = await self._pool.fetch(_INSERT_EVENTS, *columns)
+        records = await self._pool.fetch(_INSERT_EVENTS, *zip(*unique, strict=True))
         return [record["request_id"] for record in records]
 
     async def tenant_usage(

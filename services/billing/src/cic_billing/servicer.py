@@ -12,7 +12,7 @@ from typing import NoReturn
 import grpc
 
 from cic.billing.v1 import billing_pb2, billing_pb2_grpc
-from cic_billing.events import InvalidBatchError, check_batch, text_problem, to_datetime, to_row
+from cic_billing.events import InvalidBatchError, text_problem, to_datetime, to_rows
 from cic_billing.ledger import TRANSIENT_DB_ERRORS, Ledger, UsageSums
 from cic_billing.metrics import BillingMetrics
 from cic_billing.pricing import NoPriceError, PriceBook
@@ -45,9 +45,7 @@ class BillingServicer(AdminRpcs, billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.RecordUsageResponse:
         self._metrics.batch_size.observe(len(events))
         try:
-            check_batch(events)
-            prices = await self._prices.current()
-            rows = [to_row(index, event, prices) for index, event in enumerate(events)]
+            rows = to_rows(events, await self._prices.current())
             inserted = await self._ledger.insert(rows)
         except InvalidBatchError as err:
             await self._reject(context, "invalid", grpc.StatusCode.INVALID_ARGUMENT, str(err))
