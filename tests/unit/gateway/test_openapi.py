@@ -17,11 +17,14 @@ SMALL_BODY_LIMIT = 1024
 
 
 def _router_operations(app: web.Application) -> set[tuple[str, str]]:
-    """``(path, METHOD)`` of every route of ``app`` but the CORS preflights."""
+    """``(path, METHOD)`` of every route of ``app`` but the CORS preflights and the dashboard's
+    HTML pages (for browsers, not API clients)."""
     return {
         (route.resource.canonical, route.method)
         for route in app.router.routes()
-        if route.resource is not None and route.handler.__name__ != "_preflight_handler"
+        if route.resource is not None
+        and route.handler.__name__ != "_preflight_handler"
+        and not route.resource.canonical.startswith("/dashboard")
     }
 
 

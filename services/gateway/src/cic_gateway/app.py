@@ -9,6 +9,7 @@ from cic_gateway import health, resources
 from cic_gateway.admin_auth import admin_guard
 from cic_gateway.config import GatewaySettings
 from cic_gateway.cors import setup_cors
+from cic_gateway.dashboard.routes import setup_dashboard
 from cic_gateway.metrics import GatewayMetrics
 from cic_gateway.middleware import add_request_id_header, openai_errors, request_context
 from cic_gateway.openapi import setup_openapi
@@ -44,6 +45,7 @@ def create_app(
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(add_rate_limit_headers)
     setup_routes(app)
+    setup_dashboard(app)
     setup_openapi(app)
     setup_cors(app, settings.cic_cors_origins)  # after every route is added
     return app

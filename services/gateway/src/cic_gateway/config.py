@@ -6,13 +6,14 @@ from pydantic import Field, SecretStr, field_validator
 
 from cic_common.settings import HostPort, PostgresUrl, RedisUrl, ServiceSettings
 from cic_gateway.cors import CorsOrigins
+from cic_gateway.dashboard.settings import DashboardSettings
 
 MIN_ADMIN_TOKEN_CHARS = 32
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(DashboardSettings, ServiceSettings):
     """``DATABASE_URL``, ``REDIS_URL``, ``ADMIN_API_TOKEN`` and the three gRPC addresses are
-    required; every other setting has a default."""
+    required; every other setting has a default (the dashboard's: ``DashboardSettings``)."""
 
     gateway_port: int = Field(default=8080, ge=0, le=65535)
     metrics_port: int = Field(default=9100, ge=0, le=65535)
