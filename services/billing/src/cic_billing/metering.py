@@ -118,6 +118,8 @@ class StripeReporter:
                     await self.run_round()
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 log.warning("Stripe report round failed: %s: %s", type(err).__name__, err)
+            except Exception:
+                log.exception("Stripe report round failed; trying again next round")
 
     async def run_round(self) -> RoundResult | None:
         """Claims unreported events and sends the reports that are due, if this replica leads
