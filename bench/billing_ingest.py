@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -218,7 +219,7 @@ async def phase(
     make: Callable[[], object],
     args: argparse.Namespace,
     meter: dict[str, psutil.Process],
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Closed loop: ``concurrency`` callers, each sending a prepared batch after the last."""
     expected = int(TARGET_EVENTS_PER_S * 4 * (args.duration + args.warmup) / args.batch) + 8
     prepared = [make() for _ in range(expected)]
@@ -262,8 +263,8 @@ async def phase(
     }
 
 
-def _line(name: str, figures: dict[str, object]) -> str:
-    cores = " ".join(f"{k}={v:.2f}" for k, v in sorted(figures["cores"].items()))  # type: ignore[attr-defined]
+def _line(name: str, figures: dict[str, Any]) -> str:
+    cores = " ".join(f"{k}={v:.2f}" for k, v in sorted(figures["cores"].items()))
     return (
         f"{name:>7}: {figures['events_per_s']:>8,} events/s  ({figures['events']:,} events in"
         f" {figures['batches']} batches; batch p50 {figures['batch_p50_ms']} ms,"
@@ -312,8 +313,8 @@ async def main() -> int:
     )
     print(_line("direct", baseline))
     print(_line("grpc", measured))
-    ratio = measured["events_per_s"] / max(1, baseline["events_per_s"])  # type: ignore[operator]
-    verdict = "meets" if measured["events_per_s"] >= TARGET_EVENTS_PER_S else "BELOW"  # type: ignore[operator]
+    ratio = measured["events_per_s"] / max(1, baseline["events_per_s"])
+    verdict = "meets" if measured["events_per_s"] >= TARGET_EVENTS_PER_S else "BELOW"
     print(
         f"through gRPC: {measured['events_per_s']:,} events/s = {ratio:.0%} of writing straight"
         f" to Postgres; {verdict} the target of {TARGET_EVENTS_PER_S:,}/s."

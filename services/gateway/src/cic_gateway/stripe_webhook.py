@@ -24,10 +24,14 @@ from cic_gateway.resources import DB, KEYS, REVOCATIONS, SERVICES
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Stripe-Signature"
+# Stripe's events are a few kilobytes; billing takes up to 1 MiB.
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 async def stripe_webhook(request: web.Request) -> web.Response:
     payload = await request.read()
+    if len(payload) > MAX_EVENT_BYTES:
+        raise ApiError(413, "The event is too large.", code="request_too_large")
     signature = request.headers.get(SIGNATURE_HEADER, "")
     if not signature:
         raise bad_request(f"The {SIGNATURE_HEADER} header is missing.")
