@@ -13,6 +13,7 @@ Stripe does (``Stripe-Signature: t=…,v1=HMAC-SHA256(secret, "t.body")``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -53,6 +54,12 @@ class FakeStripe:
     _failures: dict[str, deque[int]] = field(default_factory=lambda: defaultdict(deque))
     _replays: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Seconds each meter event takes to answer, and the most requests seen in flight at once,
+    # in all and for any one customer (Stripe allows one at a time per customer and meter).
+    latency_s: float = 0.0
+    max_in_flight: int = 0
+    max_in_flight_per_customer: int = 0
+    _in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _runner: web.AppRunner | None = None
     url: str = ""
 
@@ -158,6 +165,20 @@ class FakeStripe:
 
     async def _create_meter_event(self, request: web.Request) -> web.Response:
         form = await self._form(request)
+        customer = form.get("payload[stripe_customer_id]", "")
+        self._in_flight[customer] += 1
+        self.max_in_flight_per_customer = max(
+            self.max_in_flight_per_customer, self._in_flight[customer]
+        )
+        self.max_in_flight = max(self.max_in_flight, sum(self._in_flight.values()))
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            return self._meter_event(request, form)
+        finally:
+            self._in_flight[customer] -= 1
+
+    def _meter_event(self, request: web.Request, form: dict[str, str]) -> web.Response:
         injected = self._injected(request, form, request.path)
         if injected is not None:
             return injected

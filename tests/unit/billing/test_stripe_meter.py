@@ -253,3 +253,35 @@ async def test_without_a_key_nothing_is_reported(database_url: str) -> None:
             await billing.stub.ReconcileStripe(billing_pb2.ReconcileStripeRequest())
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert err.value.details() == "billing has no Stripe key"
+
+
+async def test_one_call_at_a_time_per_customer_several_customers_at_once(
+    billing: RunningBilling, fake_stripe: FakeStripe
+) -> None:
+    for hour in (3, 2, 1):  # three reports per tenant, from earlier windows
+        await record(
+            billing,
+            usage_event(f"a{hour}", tenant_id="ten_a"),
+            usage_event(f"b{hour}", tenant_id="ten_b"),
+        )
+        await _round(billing)
+        await _sql(
+            billing,
+            "UPDATE billing.meter_reports SET state = 'failed',"  # parked until all are made
+            " window_start = window_start - make_interval(hours => $1),"
+            " identifier = identifier || '-' || $1::text WHERE state = 'sent'",
+            hour,
+        )
+    await _sql(billing, "UPDATE billing.meter_reports SET state = 'pending'")
+    fake_stripe.meter_events.clear()
+    fake_stripe.requests.clear()
+    fake_stripe.latency_s = 0.2  # longer than the pacing interval (test keys: 20 calls/s)
+
+    result = await _round(billing)
+    assert result.reports_sent == 6
+    assert fake_stripe.max_in_flight_per_customer == 1
+    assert fake_stripe.max_in_flight == 2
+    sent = [r.form["identifier"] for r in fake_stripe.sent(METER_PATH)]
+    for tenant in ("ten_a", "ten_b"):
+        mine = [i for i in sent if i.startswith(f"cic-{tenant}-")]
+        assert [i.rsplit("-", 1)[1] for i in mine] == ["3", "2", "1"]  # oldest first

@@ -47,18 +47,23 @@ class TransientStripeError(Exception):
 class Pacer:
     """Spaces calls at least ``1 / rate`` seconds apart, across every task that uses it."""
 
-    def __init__(self, rate_per_s: float) -> None:
+    def __init__(
+        self,
+        rate_per_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._interval = 1.0 / rate_per_s
         self._next = 0.0
-        self._lock = asyncio.Lock()
+        self._clock = clock
+        self._sleep = sleep
 
     async def wait(self) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self._interval
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self._interval  # taken before sleeping: no await in between
         if slot > now:
-            await asyncio.sleep(slot - now)
+            await self._sleep(slot - now)
 
 
 def _transient(err: stripe.StripeError) -> bool:
