@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.support.fake_oidc import FakeOidcProvider
 from tests.support.mailbox import Mailbox, sign_in_link
@@ -74,6 +75,11 @@ class Browser:
         page = await self.get(page_path)
         assert page.status == 200, (page_path, page.status)
         return await self.post(action, {"csrf_token": csrf_of(page.text), **fields})
+
+    def set_cookie(self, name: str, value: str) -> None:
+        self.http.cookie_jar.update_cookies(
+            {name: value}, response_url=URL(self.base + "/dashboard/")
+        )
 
     def cookie(self, name: str) -> str | None:
         for cookie in self.http.cookie_jar:

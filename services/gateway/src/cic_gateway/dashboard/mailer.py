@@ -24,7 +24,8 @@ def sign_in_message(settings: GatewaySettings, to: str, link: str) -> EmailMessa
     message.set_content(
         "Open this link to sign in to the CrossLogic Inference Cloud dashboard:\n\n"
         f"{link}\n\n"
-        f"It works once, within {minutes} minutes. If you did not ask to sign in, ignore this mail.\n"
+        f"It works once, within {minutes} minutes.\n"
+        "If you did not ask to sign in, ignore this mail.\n"
     )
     return message
 

@@ -34,7 +34,7 @@ class OidcFailed(Exception):
     """The provider refused, answered badly, or its id_token did not check out."""
 
 
-class _OidcApp(AsyncOAuth2Mixin, AsyncOpenIDMixin, BaseApp):  # type: ignore[misc]
+class _OidcApp(AsyncOAuth2Mixin, AsyncOpenIDMixin, BaseApp):
     """authlib's async OpenID Connect client (as its Starlette integration builds it, without
     Starlette)."""
 

@@ -83,7 +83,7 @@ async def keys_page(request: web.Request, session: Session) -> web.Response:
 
 
 def _text(value: object) -> str:
-    return value[:_MAX_NAME_CHARS * 2] if isinstance(value, str) else ""
+    return value[: _MAX_NAME_CHARS * 2] if isinstance(value, str) else ""
 
 
 def _limit(raw: str, label: str) -> int | None:

@@ -53,7 +53,13 @@ async def render(
     csrf = session.csrf_token if session is not None else signed_out_csrf(request, response)
     page = request.app[TEMPLATES].get_template(template)
     response.text = page.render(
-        {"session": session, "active": "", "csrf_field": CSRF_FIELD, "csrf_token": csrf, **(context or {})}
+        {
+            "session": session,
+            "active": "",
+            "csrf_field": CSRF_FIELD,
+            "csrf_token": csrf,
+            **(context or {}),
+        }
     )
     secure_headers(request, response)
     return response

@@ -60,7 +60,9 @@ class DashboardSettings(BaseModel):
     @field_validator("oidc_issuer", "stripe_portal_login_url")
     @classmethod
     def _optional_url(cls, value: str) -> str:
-        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+        if value and (
+            urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc
+        ):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 

@@ -116,7 +116,11 @@ async def email_link(request: web.Request) -> web.Response:
     pool = request.app[DB]
     new_tenant = await store.tenant_id_by_email(pool, email) is None
     if new_tenant and settings.dashboard_signup == "invite":
-        if not invite or not _invite_known(request, invite) or await store.invite_spent(pool, invite):
+        if (
+            not invite
+            or not _invite_known(request, invite)
+            or await store.invite_spent(pool, invite)
+        ):
             return await _sign_in_form(
                 request, 400, "New accounts need a valid invite code.", email
             )
@@ -144,9 +148,7 @@ async def link_page(request: web.Request) -> web.Response:
     return await render(request, "confirm_link.html", {"token": token})
 
 
-async def _tenant_for(
-    request: web.Request, email: str, invite_hash: bytes | None
-) -> str | None:
+async def _tenant_for(request: web.Request, email: str, invite_hash: bytes | None) -> str | None:
     """The tenant ``email`` signs in to, made now for a new email when sign-up allows it."""
     pool = request.app[DB]
     tenant_id = await store.tenant_id_by_email(pool, email)
@@ -162,9 +164,7 @@ async def _tenant_for(
     return created
 
 
-async def _signed_in(
-    request: web.Request, tenant_id: str, email: str, method: str
-) -> web.Response:
+async def _signed_in(request: web.Request, tenant_id: str, email: str, method: str) -> web.Response:
     response = see_other(request, HOME)
     await start_session(request, response, tenant_id, email, method)
     return response
