@@ -114,7 +114,8 @@ async def scheduler() -> AsyncIterator[FakeScheduler]:
 
 @pytest.fixture
 async def skypilot() -> AsyncIterator[FakeSkyPilot]:
-    """SkyPilot's API server as the real SDK sees it; its clusters are simulator processes."""
+    """SkyPilot's API server as the real SDK sees it; its clusters are simulator processes.
+    Ask for it before ``start_orchestrator``, so that it outlives the orchestrators."""
     fake = FakeSkyPilot()
     await fake.start()
     yield fake

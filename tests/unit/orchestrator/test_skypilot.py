@@ -28,7 +28,7 @@ def sky_launch(model: str = "cic-sim-small", **fields) -> pb.LaunchNodeRequest:
 
 
 async def test_launch_through_skypilot_serves_then_terminate_tears_the_cluster_down(
-    start_orchestrator, scheduler, skypilot: FakeSkyPilot
+    skypilot: FakeSkyPilot, start_orchestrator, scheduler
 ) -> None:
     orchestrator: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
     reply = await orchestrator.stub.LaunchNode(
@@ -61,7 +61,7 @@ async def test_launch_through_skypilot_serves_then_terminate_tears_the_cluster_d
 
 
 async def test_calls_are_answered_while_an_sdk_call_blocks(
-    start_orchestrator, skypilot: FakeSkyPilot
+    skypilot: FakeSkyPilot, start_orchestrator
 ) -> None:
     """The stand-in runs on the test's event loop, as the orchestrator does: an SDK call made
     on the loop would never get its answer. While sky.launch waits for it, calls go on."""
@@ -79,18 +79,20 @@ async def test_calls_are_answered_while_an_sdk_call_blocks(
 
 
 async def test_a_launch_skypilot_cannot_place_fails_with_its_reason(
-    start_orchestrator, skypilot: FakeSkyPilot
+    skypilot: FakeSkyPilot, start_orchestrator
 ) -> None:
     skypilot.fail_launches = True
     orchestrator: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
     reply = await orchestrator.stub.LaunchNode(sky_launch())
     node = await orchestrator.wait_state(reply.node.id, pb.NODE_STATE_FAILED)
     assert node.failure_reason.startswith("sky launch failed: ResourcesUnavailableError")
-    assert orchestrator.launches("skypilot", "failed") == 1
+    # Counted once the failed node's remains are cleaned up (after the state change).
+    await eventually(now(lambda: orchestrator.launches("skypilot", "failed") == 1), "counted")
+    assert f"down cic-{node.id}" in skypilot.calls
 
 
 async def test_a_launch_that_takes_too_long_is_cancelled_and_torn_down(
-    start_orchestrator, skypilot: FakeSkyPilot
+    skypilot: FakeSkyPilot, start_orchestrator
 ) -> None:
     skypilot.provision_s = 60
     orchestrator: Orchestrator = await start_orchestrator(
@@ -100,10 +102,10 @@ async def test_a_launch_that_takes_too_long_is_cancelled_and_torn_down(
     cluster = f"cic-{reply.node.id}"
     node = await orchestrator.wait_state(reply.node.id, pb.NODE_STATE_FAILED)
     assert node.failure_reason == "not up within 1s"
+    await eventually(now(lambda: orchestrator.launches("skypilot", "timeout") == 1), "counted")
     handle = await orchestrator.handle(node.id)
     assert skypilot.requests[handle["launch_request"]].status == "CANCELLED"
     assert cluster not in skypilot.clusters and f"down {cluster}" in skypilot.calls
-    assert orchestrator.launches("skypilot", "timeout") == 1
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,7 @@ async def test_a_launch_that_takes_too_long_is_cancelled_and_torn_down(
     ],
 )
 async def test_bad_launches_are_refused_before_anything_is_stored(
-    start_orchestrator, skypilot: FakeSkyPilot, request_, message: str
+    skypilot: FakeSkyPilot, start_orchestrator, request_, message: str
 ) -> None:
     orchestrator: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -130,7 +132,7 @@ async def test_bad_launches_are_refused_before_anything_is_stored(
 
 
 async def test_clusters_outlive_a_restart_and_orphans_are_torn_down(
-    start_orchestrator, scheduler, skypilot: FakeSkyPilot, database_url: str
+    skypilot: FakeSkyPilot, start_orchestrator, scheduler, database_url: str
 ) -> None:
     first: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
     node_id = (await first.stub.LaunchNode(sky_launch())).node.id
@@ -184,7 +186,7 @@ async def test_clusters_outlive_a_restart_and_orphans_are_torn_down(
 
 
 async def test_a_cluster_that_disappears_fails_its_node(
-    start_orchestrator, scheduler, skypilot: FakeSkyPilot
+    skypilot: FakeSkyPilot, start_orchestrator, scheduler
 ) -> None:
     orchestrator: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
     node_id = (await orchestrator.stub.LaunchNode(sky_launch())).node.id
