@@ -180,7 +180,7 @@ async def test_sessions_are_secure_only_behind_https_the_gateway_trusts(start_da
 async def test_pages_forbid_framing_and_referrers_and_caching(dashboard: Dashboard) -> None:
     page = await dashboard.browser().get("/dashboard/sign-in")
     assert page.headers["X-Frame-Options"] == "DENY"
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "same-origin"
     assert page.headers["Cache-Control"] == "no-store"
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     assert page.headers["Content-Type"].startswith("text/html")

@@ -131,6 +131,11 @@ async def test_every_form_needs_its_csrf_token(dashboard: Dashboard) -> None:
         headers={"Origin": "https://evil.example.com"},
     )
     assert page.status == 403
+    for headers in ({"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+        page = await browser.post(
+            "/dashboard/keys", {"csrf_token": token.group(1), "name": "x"}, headers=headers
+        )
+        assert page.status == 403, headers
     listing = await browser.get("/dashboard/keys")
     assert listing.text.count("data-key-id=") == 1 and "revoked" not in listing.text
     assert (await browser.get("/dashboard/usage")).status == 200  # still signed in

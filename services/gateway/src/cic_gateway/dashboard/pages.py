@@ -156,7 +156,12 @@ async def usage_page(request: web.Request, session: Session) -> web.Response:
         "ranges": usage_view.RANGES,
         "metric": metric,
         "metrics": usage_view.METRICS,
-        "chart": usage_view.chart(usage.days, metric) if usage else None,
+        "charts": [
+            ("wide", usage_view.chart(usage.days, metric, usage_view.WIDE)),
+            ("narrow", usage_view.chart(usage.days, metric, usage_view.NARROW)),
+        ]
+        if usage
+        else [],
         "portal_url": settings.stripe_portal_login_url,
     }
     return await render(request, "usage.html", context, 200 if usage else 503)

@@ -111,7 +111,10 @@ def signed_out_csrf(request: web.Request, response: web.StreamResponse) -> str:
 
 
 def _same_origin(request: web.Request) -> bool:
-    """No ``Origin`` (an older browser) passes; one naming another site does not."""
+    """A browser's word that the form came from another site (``Sec-Fetch-Site``, ``Origin``)
+    refuses the POST; a client that sends neither passes on its token alone."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return False
     origin = request.headers.get("Origin")
     if origin is None:
         return True

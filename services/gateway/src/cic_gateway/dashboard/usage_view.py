@@ -4,6 +4,7 @@ the bar chart drawn as inline SVG on the server (no script, no chart library).""
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,6 @@ from cic.billing.v1 import billing_pb2, billing_pb2_grpc
 RANGES = (7, 30, 90)
 METRICS = {"cost": "Cost (USD)", "requests": "Requests", "tokens": "Tokens"}
 _CONCURRENT_CALLS = 16
-_CHART_W, _CHART_H, _PAD_L, _PAD_B, _PAD_T = 720, 220, 56, 24, 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +80,41 @@ async def fetch(
 
 
 def _label(value: float, metric: str) -> str:
-    if metric == "cost":
-        return f"${value:,.2f}" if value >= 1 else f"${value:.4f}".rstrip("0").rstrip(".")
-    return f"{value:,.0f}"
+    if metric != "cost":
+        return f"{value:,.0f}"
+    if value == 0 or value >= 1:
+        return f"${value:,.2f}"
+    return "$" + f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-def chart(days: list[Day], metric: str) -> dict[str, object]:
+def _nice_top(highest: float, metric: str) -> float:
+    """The axis' top: 1, 2 or 5 times a power of ten, at or above ``highest`` (whole numbers of
+    at least 2 for counts, so the middle line is a whole number too)."""
+    if highest <= 0:
+        return 1.0 if metric == "cost" else 2.0
+    power = 10 ** math.floor(math.log10(highest))
+    top = next(m * power for m in (1, 2, 5, 10) if m * power >= highest)
+    return max(top, 2.0) if metric != "cost" else top
+
+
+@dataclass(frozen=True, slots=True)
+class ChartSize:
+    width: int
+    height: int
+    ticks: int  # at most this many day labels
+
+
+WIDE = ChartSize(720, 220, 8)
+NARROW = ChartSize(360, 240, 4)
+_PAD_L, _PAD_B, _PAD_T = 78, 24, 12
+
+
+def chart(days: list[Day], metric: str, size: ChartSize = WIDE) -> dict[str, object]:
     """Bars, gridlines and labels for the template's inline SVG, in its own coordinates."""
     values = [d.value(metric) for d in days]
-    top = max(values) if values and max(values) > 0 else 1.0
-    plot_w = _CHART_W - _PAD_L
-    plot_h = _CHART_H - _PAD_B - _PAD_T
+    top = _nice_top(max(values, default=0.0), metric)
+    plot_w = size.width - _PAD_L
+    plot_h = size.height - _PAD_B - _PAD_T
     slot = plot_w / max(len(days), 1)
     bars = []
     for i, (day, value) in enumerate(zip(days, values, strict=True)):
@@ -104,7 +128,7 @@ def chart(days: list[Day], metric: str) -> dict[str, object]:
                 "title": f"{day.day:%a %d %b}: {_label(value, metric)}",
             }
         )
-    step = max(1, len(days) // 7)
+    step = max(1, math.ceil(len(days) / size.ticks))
     ticks = [
         {"x": round(_PAD_L + i * slot + slot / 2, 2), "text": f"{d.day:%d %b}"}
         for i, d in enumerate(days)
@@ -115,10 +139,9 @@ def chart(days: list[Day], metric: str) -> dict[str, object]:
         for f in (0.0, 0.5, 1.0)
     ]
     return {
-        "width": _CHART_W,
-        "height": _CHART_H,
+        "width": size.width,
+        "height": size.height,
         "left": _PAD_L,
-        "baseline": _PAD_T + plot_h,
         "bars": bars,
         "ticks": ticks,
         "grid": grid,
