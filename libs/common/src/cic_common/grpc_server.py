@@ -3,6 +3,7 @@ records metrics, logs failures and continues the caller's trace; stopped gracefu
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -88,6 +89,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, record, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None and inspect.isasyncgenfunction(
+            handler.stream_stream
+        ):  # a handler that reads and writes through its context is left as it is
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(method, record, handler.stream_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -21,6 +21,7 @@ from cic_scheduler.nodes import (
     NoReadyNode,
     Outcome,
     PickRequest,
+    RegistryUnavailable,
     SchedulerError,
 )
 
@@ -202,6 +203,7 @@ _STATUS_CODES: dict[type[SchedulerError], grpc.StatusCode] = {
     NodeNotFound: grpc.StatusCode.NOT_FOUND,
     ModelNotServed: grpc.StatusCode.NOT_FOUND,
     NoReadyNode: grpc.StatusCode.UNAVAILABLE,
+    RegistryUnavailable: grpc.StatusCode.UNAVAILABLE,
     NodeTerminated: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

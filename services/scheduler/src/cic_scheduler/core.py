@@ -17,6 +17,7 @@ from cic_scheduler.nodes import (
     NodeView,
     Outcome,
     PickRequest,
+    RegistryUnavailable,
     Release,
     SchedulerError,
 )
@@ -91,7 +92,11 @@ class NodeScheduler:
         pick that fails gives its error in its place."""
         started = time.perf_counter()
         policies = [self._policies.for_model(r.model) for r in requests]
-        results = await self.registry.acquire_many(list(zip(requests, policies, strict=True)))
+        results: list[Lease | SchedulerError]
+        try:
+            results = await self.registry.acquire_many(list(zip(requests, policies, strict=True)))
+        except RegistryUnavailable as err:
+            results = [err] * len(requests)
         elapsed = time.perf_counter() - started
         for request, policy, result in zip(requests, policies, results, strict=True):
             self._metrics.pick_seconds.observe(elapsed)
@@ -103,6 +108,9 @@ class NodeScheduler:
     ) -> None:
         if isinstance(result, ModelNotServed):
             self._metrics.picks.labels(UNKNOWN_MODEL_LABEL, policy, "unknown_model").inc()
+            return
+        if isinstance(result, RegistryUnavailable):
+            self._metrics.picks.labels(request.model, policy, "registry_unavailable").inc()
             return
         if isinstance(result, SchedulerError):
             self._metrics.picks.labels(request.model, policy, "no_node").inc()

@@ -134,6 +134,13 @@ class SchedulerError(Exception):
     """A request the registry refuses; the message is safe to return to the caller."""
 
 
+class RegistryUnavailable(SchedulerError):
+    """Redis, where the registry lives, cannot be reached: the request may be tried again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the node registry is unavailable: {reason}")
+
+
 class NodeNotFound(SchedulerError):
     def __init__(self, node_id: str) -> None:
         super().__init__(f"node `{node_id}` is not registered")

@@ -10,15 +10,17 @@ scheduler's wall clock (epoch seconds): replicas should keep their clocks in syn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from cic_scheduler.nodes import (
     BreakerState,
@@ -34,6 +36,7 @@ from cic_scheduler.nodes import (
     NoReadyNode,
     Outcome,
     PickRequest,
+    RegistryUnavailable,
     Release,
     SchedulerError,
 )
@@ -48,6 +51,15 @@ def _script_source(name: str) -> str:
     folder = resources.files("cic_scheduler") / "lua"
     common = (folder / "common.lua").read_text(encoding="utf-8")
     return common + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """Redis failures as :class:`RegistryUnavailable` (UNAVAILABLE to callers, who retry)."""
+    try:
+        yield
+    except (RedisError, OSError) as err:
+        raise RegistryUnavailable(str(err) or type(err).__name__) from err
 
 
 def _text(value: Any) -> str:
@@ -74,7 +86,8 @@ class RedisNodeRegistry(NodeRegistry):
         self._scripts = {name: redis.register_script(_script_source(name)) for name in _SCRIPTS}
 
     async def _run(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
-        return await self._scripts[name](keys=list(keys), args=[self.prefix, *args])
+        with _reachable():
+            return await self._scripts[name](keys=list(keys), args=[self.prefix, *args])
 
     def _view(self, reply: Sequence[Any], now: float) -> NodeView:
         node_id, in_flight, flat = reply
@@ -191,7 +204,8 @@ class RedisNodeRegistry(NodeRegistry):
     async def acquire(self, request: PickRequest, policy: Policy) -> Lease:
         now = self._clock()
         lease_id, keys, args = self._pick_call(request, policy, now)
-        reply = await self._scripts["pick"](keys=keys, args=args)
+        with _reachable():
+            reply = await self._scripts["pick"](keys=keys, args=args)
         return self._picked(request, lease_id, reply, now)
 
     async def acquire_many(
@@ -203,12 +217,13 @@ class RedisNodeRegistry(NodeRegistry):
         now = self._clock()
         script = self._scripts["pick"]
         lease_ids = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for request, policy in picks:
-                lease_id, keys, args = self._pick_call(request, policy, now)
-                lease_ids.append(lease_id)
-                await script(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
+        with _reachable():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for request, policy in picks:
+                    lease_id, keys, args = self._pick_call(request, policy, now)
+                    lease_ids.append(lease_id)
+                    await script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
         results: list[Lease | SchedulerError] = []
         for (request, _), lease_id, reply in zip(picks, lease_ids, replies, strict=True):
             try:
@@ -224,11 +239,12 @@ class RedisNodeRegistry(NodeRegistry):
         """Every release its own script (atomic each), all sent in one round trip."""
         now = self._clock()
         script = self._scripts["release"]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for lease_id, outcome in returns:
-                args = [self.prefix, lease_id, outcome.value, now, self._breaker_failures]
-                await script(keys=[], args=args, client=pipe)
-            replies = await pipe.execute()
+        with _reachable():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for lease_id, outcome in returns:
+                    args = [self.prefix, lease_id, outcome.value, now, self._breaker_failures]
+                    await script(keys=[], args=args, client=pipe)
+                replies = await pipe.execute()
         return [self._release(reply, now) for reply in replies]
 
     def _release(self, reply: Sequence[Any], now: float) -> Release:

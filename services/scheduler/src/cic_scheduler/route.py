@@ -22,12 +22,14 @@ from cic.scheduler.v1 import scheduler_pb2 as pb
 from cic_scheduler import convert
 from cic_scheduler.background import cancel_and_wait
 from cic_scheduler.core import NodeScheduler
-from cic_scheduler.nodes import LeaseReturn, PickRequest, SchedulerError
+from cic_scheduler.nodes import LeaseReturn, PickRequest, RegistryUnavailable, SchedulerError
 
 log = logging.getLogger(__name__)
 
 # Picks taken in one round trip at most; more wait for the next batch.
 MAX_PICKS_PER_BATCH = 256
+# How long releases read from a stream are tried again while the registry is unavailable.
+RELEASE_RETRY_S = 30.0
 
 
 class RouteSession:
@@ -104,9 +106,19 @@ class RouteSession:
         return answers
 
     async def _give_back(self) -> None:
+        """Gives the releases back; while the registry is unavailable they wait and are tried
+        again, up to ``RELEASE_RETRY_S`` (after that the lease TTL gives them back)."""
+        delay, waited = 0.1, 0.0
         while self._releases:
             batch, self._releases = self._releases, []
             try:
                 await self._scheduler.release_many(batch)
-            except Exception:  # the lease TTL gives them back; the stream goes on
-                log.exception("giving back %d leases failed", len(batch))
+                delay, waited = 0.1, 0.0
+            except RegistryUnavailable as err:
+                if waited >= RELEASE_RETRY_S:
+                    log.warning("%d releases dropped: %s", len(batch), err)
+                    continue
+                self._releases = batch + self._releases
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)

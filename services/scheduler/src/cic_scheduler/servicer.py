@@ -82,9 +82,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> pb.ListNodesResponse:
         try:
             model = convert.optional_model(request.model)
+            nodes = await self._scheduler.list_nodes(model)
         except SchedulerError as err:
             await _abort(context, err)
-        nodes = await self._scheduler.list_nodes(model)
         return pb.ListNodesResponse(nodes=[convert.node_to_proto(n) for n in nodes])
 
     async def PickNode(
@@ -101,14 +101,14 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> pb.ReleaseNodeResponse:
         try:
             lease_id = convert.lease_id(request.lease_id)
+            await self._scheduler.release(
+                lease_id,
+                convert.outcome(request.outcome),
+                request.prompt_tokens,
+                request.completion_tokens,
+            )
         except SchedulerError as err:
             await _abort(context, err)
-        await self._scheduler.release(
-            lease_id,
-            convert.outcome(request.outcome),
-            request.prompt_tokens,
-            request.completion_tokens,
-        )
         return pb.ReleaseNodeResponse()
 
     async def ReleaseNodes(
@@ -116,7 +116,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> pb.ReleaseNodesResponse:
         returns = [convert.lease_return(r) for r in request.releases if r.lease_id]
         if returns:
-            await self._scheduler.release_many(returns)
+            try:
+                await self._scheduler.release_many(returns)
+            except SchedulerError as err:  # the registry is unavailable: the caller retries
+                await _abort(context, err)
         return pb.ReleaseNodesResponse()
 
     async def WatchNodes(
