@@ -112,3 +112,23 @@ def test_the_migrations_job_migrates_every_schema(rendered: Rendered) -> None:
         commands[schema] = package
     assert commands == migrations_packages()
     assert set(commands) >= {"gateway", "billing", "orchestrator"}
+
+
+MIGRATE_FIRST = {"config", "migrations"}
+
+
+def test_the_migrations_phase_carries_everything_the_job_needs(rendered: Rendered) -> None:
+    """`kubectl apply -k ... -l 'app.kubernetes.io/component in (config,migrations)'` applies
+    the Job with its ConfigMaps and ServiceAccount, and no workload besides."""
+    phase = [
+        o
+        for o in rendered.objects
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") in MIGRATE_FIRST
+    ]
+    names = {(o["kind"], o["metadata"]["name"]) for o in phase}
+    spec = rendered.get("Job", "cic-migrate")["spec"]["template"]["spec"]
+    assert ("ServiceAccount", spec["serviceAccountName"]) in names
+    for container in containers_of(spec):
+        for source in container.get("envFrom", []):
+            assert ("ConfigMap", source["configMapRef"]["name"]) in names
+    assert {kind for kind, _ in names} == {"ConfigMap", "Job", "ServiceAccount"}
