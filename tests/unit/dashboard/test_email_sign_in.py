@@ -227,3 +227,21 @@ def test_sign_in_settings_fail_fast_naming_the_variable() -> None:
     assert ok.dashboard_invite_codes == ("a", "b", "c")
     assert ok.dashboard_public_url == "https://x.io"
     assert csrf_of('name="csrf_token" value="t"') == "t"
+
+
+async def test_signing_in_again_replaces_the_session_the_browser_had(dashboard: Dashboard) -> None:
+    browser, email = await dashboard.sign_in()
+    first = browser.cookie("cic_session")
+    csrf = csrf_of((await browser.get("/dashboard/account")).text)  # the session's own
+    sent = await browser.post("/dashboard/sign-in/email", {"csrf_token": csrf, "email": email})
+    assert sent.status == 200
+    done = await dashboard.follow_link(
+        browser, sign_in_link(await dashboard.mailbox.next_mail(email))
+    )
+    assert done.status == 303
+    second = browser.cookie("cic_session")
+    assert first and second and first != second
+    replay = dashboard.browser()
+    replay.set_cookie("cic_session", first)
+    assert (await replay.get("/dashboard/keys")).location == "/dashboard/sign-in"
+    assert (await browser.get("/dashboard/keys")).status == 200

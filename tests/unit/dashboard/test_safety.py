@@ -116,11 +116,15 @@ async def test_every_form_needs_its_csrf_token(dashboard: Dashboard) -> None:
             {"csrf_token": browser.cookie("cic_csrf") or "x"},
         ):
             page = await browser.post(path, {"name": "x", "email": "a@example.com", **fields})
-            assert page.status == 403 or (
-                # signed-out forms take the cic_csrf cookie's value (double submit)
-                path.startswith("/dashboard/sign-in")
-                and fields.get("csrf_token") == browser.cookie("cic_csrf")
-            ), (path, fields, page.status)
+            # Signed in, every form takes the session's token only (not the cic_csrf cookie's).
+            assert page.status == 403, (path, fields, page.status)
+    # Signed out, the sign-in forms need the cic_csrf cookie's value.
+    stranger = dashboard.browser()
+    for path in ("/dashboard/sign-in/email", "/dashboard/sign-in/link", "/dashboard/sign-in/oidc"):
+        for fields in ({}, {"csrf_token": "forged"}):
+            page = await stranger.post(path, {"email": "a@example.com", "token": "t", **fields})
+            assert page.status == 403, (path, fields)
+    assert dashboard.mailbox.mails == []
     # The right token from another site's page is refused too (Origin checked).
     keys = await browser.get("/dashboard/keys")
     token = re.search(r'name="csrf_token" value="([^"]+)"', keys.text)

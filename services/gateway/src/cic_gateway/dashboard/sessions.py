@@ -85,7 +85,11 @@ async def current_session(request: web.Request) -> Session | None:
 async def start_session(
     request: web.Request, response: web.StreamResponse, tenant_id: str, email: str, method: str
 ) -> None:
-    """Signs the browser in: a new session id (never one the browser brought along)."""
+    """Signs the browser in: a new session id (never one the browser brought along); the
+    session the browser had before, if any, ends."""
+    previous = _cookie(request, SESSION_COOKIE)
+    if previous is not None:
+        await store.delete_session(request.app[DB], previous)
     session_id = secrets.token_urlsafe(32)
     ttl_s = request.app[SETTINGS].dashboard_session_ttl_s
     await store.create_session(
@@ -124,7 +128,8 @@ def _same_origin(request: web.Request) -> bool:
 
 async def check_csrf(request: web.Request, session: Session | None) -> bool:
     """True when the POST's form token is the session's (signed in) or the ``cic_csrf``
-    cookie's (signed out), and its ``Origin``, if sent, is this site."""
+    cookie's (signed out) — the one :func:`render` put in the page — and its ``Origin``, if
+    sent, is this site."""
     if not _same_origin(request):
         return False
     form = await request.post()

@@ -102,7 +102,7 @@ async def _refused_csrf(request: web.Request) -> web.Response:
 async def email_link(request: web.Request) -> web.Response:
     """Sends a one-time sign-in link to the address given."""
     settings = request.app[SETTINGS]
-    if not await check_csrf(request, None):
+    if not await check_csrf(request, await current_session(request)):
         return await _refused_csrf(request)
     form = await request.post()
     email, invite = _field(form, "email"), _field(form, "invite_code")
@@ -171,7 +171,7 @@ async def _signed_in(request: web.Request, tenant_id: str, email: str, method: s
 
 
 async def spend_link(request: web.Request) -> web.Response:
-    if not await check_csrf(request, None):
+    if not await check_csrf(request, await current_session(request)):
         return await _refused_csrf(request)
     wait = await attempts.retry_after(request, client_address(request))
     if wait:
@@ -196,7 +196,7 @@ async def spend_link(request: web.Request) -> web.Response:
 async def oidc_start(request: web.Request) -> web.Response:
     if OIDC not in request.app:
         return await problem(request, 404, "Not available", "Single sign-on is not set up here.")
-    if not await check_csrf(request, None):
+    if not await check_csrf(request, await current_session(request)):
         return await _refused_csrf(request)
     wait = await attempts.retry_after(request, client_address(request))
     if wait:
