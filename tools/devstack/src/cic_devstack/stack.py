@@ -85,9 +85,10 @@ class Stack:
         env.update(extra)
         return env
 
-    def _process(self, name: str, env: dict[str, str]) -> ServiceProcess:
+    def _process(self, name: str, env: dict[str, str], service: str = "") -> ServiceProcess:
         log = self.config.log_dir / f"{name}.log" if self.config.log_dir else None
-        proc = ServiceProcess(name, [str(self.config.bin_dir / f"cic-{name}")], env, log)
+        program = str(self.config.bin_dir / f"cic-{service or name}")
+        proc = ServiceProcess(name, [program], env, log)
         self.processes[name] = proc
         return proc
 
@@ -114,6 +115,17 @@ class Stack:
             await self._wait_grpc_serving(proc, self.addr(name))
         return proc
 
+    async def start_gateway_replica(
+        self, name: str, port: int, metrics_port: int
+    ) -> ServiceProcess:
+        """Another gateway process (``name``, e.g. ``gateway-b``) on its own ports, sharing
+        everything else with the first; stopped with the stack."""
+        env = self._env(None, metrics_port, GATEWAY_PORT=str(port))
+        proc = self._process(name, env, service="gateway")
+        await proc.start()
+        await self._wait_http_ready(proc, f"http://{self.config.host}:{port}/readyz")
+        return proc
+
     async def start(self) -> None:
         try:
             await asyncio.gather(self.start_service("scheduler"), self.start_service("billing"))
@@ -126,7 +138,8 @@ class Stack:
 
     async def stop(self) -> dict[str, int | None]:
         codes = {}
-        for name in ("gateway", "orchestrator", "billing", "scheduler"):
+        replicas = [n for n in self.processes if n.startswith("gateway-")]
+        for name in (*replicas, "gateway", "orchestrator", "billing", "scheduler"):
             proc = self.processes.get(name)
             if proc is not None:
                 codes[name] = await proc.stop()
