@@ -17,7 +17,7 @@ from cic_common.settings import parse_settings
 from cic_gateway.app import create_app, create_runner
 from cic_gateway.config import GatewaySettings
 from tests.unit.gateway.fakes import FakeServices
-from tests.unit.gateway.sims import SimFarm
+from tests.unit.gateway.sims import SIM_MODEL, SimFarm
 from tests.unit.gateway.upstream import FakeNode
 
 MODEL = "test-model"
@@ -126,6 +126,16 @@ async def start_gateway(
         await session.close()
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def sim_gateway(
+    start_gateway: StartGateway, services: FakeServices, sims: SimFarm
+) -> Gateway:
+    """A gateway whose one node is a real simulator (vLLM's own validation and answers)."""
+    sim = await sims.start()
+    services.scheduler.add_node("sim-1", SIM_MODEL, sim.endpoint)
+    return await start_gateway()
 
 
 @pytest.fixture

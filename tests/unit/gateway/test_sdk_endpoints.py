@@ -1,23 +1,11 @@
 """The official ``openai`` SDK, sync and async, unchanged, against the gateway in front of a
 simulated vLLM node: chat, completions, embeddings and models, streamed and not."""
 
-import pytest
-
-from tests.unit.gateway.conftest import Gateway, StartGateway
-from tests.unit.gateway.fakes import FakeServices
+from tests.unit.gateway.conftest import Gateway
 from tests.unit.gateway.sdk import KINDS, Sdk
-from tests.unit.gateway.sims import SIM_MODEL, SimFarm
+from tests.unit.gateway.sims import SIM_MODEL
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
-
-
-@pytest.fixture
-async def sim_gateway(
-    start_gateway: StartGateway, services: FakeServices, sims: SimFarm
-) -> Gateway:
-    sim = await sims.start()
-    services.scheduler.add_node("sim-1", SIM_MODEL, sim.endpoint)
-    return await start_gateway()
 
 
 async def _clients(gateway: Gateway) -> list[Sdk]:
