@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from cic_devstack.stack import Stack
+from tests.support import stores
 from tests.support.billing_stack import billing_stack, tenant_and_key, wait_for_ledger
 from tests.support.fake_stripe import FakeStripe, event_body, signature_header
 
@@ -27,7 +28,7 @@ MODEL = "cic-sim-small"
 SECRET = "whsec_e2e" + secrets.token_hex(8)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def fake_stripe() -> AsyncIterator[FakeStripe]:
     fake = FakeStripe()
     await fake.start()
@@ -35,8 +36,19 @@ async def fake_stripe() -> AsyncIterator[FakeStripe]:
     await fake.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """One database for the module's stack (each test makes a tenant of its own)."""
+    name, url = await stores.create_database(postgres_server_url)
+    try:
+        yield url
+    finally:
+        await stores.drop_database(postgres_server_url, name)
+
+
+@pytest.fixture(scope="module")
 async def stack(database_url: str, redis_url: str, fake_stripe: FakeStripe) -> AsyncIterator[Stack]:
+    """One stack for the module: starting one takes seconds."""
     env = {
         "REDIS_KEY_PREFIX": f"cic-e2e-{secrets.token_hex(4)}:",
         "STRIPE_API_KEY": "sk_test_e2e",
@@ -103,12 +115,19 @@ async def test_usage_is_metered_and_webhooks_suspend_and_reactivate(
 
         await _wait_for_stripe_total(fake_stripe, tenant_id, cost)
         customer = fake_stripe.customer_of(tenant_id)
-        [created] = fake_stripe.sent("/v1/customers")
+        [created] = [
+            r
+            for r in fake_stripe.sent("/v1/customers")
+            if r.form["metadata[cic_tenant_id]"] == tenant_id
+        ]
         assert created.idempotency_key == f"cic-customer-{tenant_id}"
-        meter_events = fake_stripe.sent("/v1/billing/meter_events")
+        meter_events = [
+            r
+            for r in fake_stripe.sent("/v1/billing/meter_events")
+            if r.form["payload[stripe_customer_id]"] == customer
+        ]
         assert all(r.status == 200 for r in meter_events)
         assert all(r.form["identifier"].startswith(f"cic-{tenant_id}-") for r in meter_events)
-        assert all(r.form["payload[stripe_customer_id]"] == customer for r in meter_events)
         assert sum(int(r.form["payload[value]"]) for r in meter_events) == cost
 
         failed = event_body("evt_failed", "invoice.payment_failed", customer)
