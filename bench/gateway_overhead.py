@@ -20,25 +20,23 @@ import argparse
 import contextlib
 import os
 import secrets
-import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 import orjson
 import uvloop
 from cpu import CpuMeter, platform_processes
 from loadgen import PhaseResult, build_request, run_phase
 from report import Figures, print_report
+from stores import free_port, fresh_database, stores
 
 from cic_devstack.admin import AdminClient
 from cic_devstack.stack import Ports, Stack, StackConfig
-from cic_devstack.stores import embedded_postgres, embedded_redis
 
 MODEL = "cic-sim-small"
 SIM_ARGS = ("--ttft-ms", "0", "--itl-ms", "0")
@@ -65,42 +63,11 @@ class Target:
     key: str
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _pin(pid: int, cpus: set[int]) -> None:
     """Every thread of ``pid`` (an affinity is per thread on Linux)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(tid), cpus)
-
-
-@contextlib.contextmanager
-def _stores(folder: Path) -> Iterator[tuple[str, str]]:
-    """(Postgres server URL, Redis URL): the tests' servers, else embedded ones."""
-    with contextlib.ExitStack() as stack:
-        pg = os.environ.get("CIC_TEST_DATABASE_URL") or stack.enter_context(
-            embedded_postgres(folder / "pg")
-        )
-        redis = os.environ.get("CIC_TEST_REDIS_URL") or stack.enter_context(
-            embedded_redis(folder / "redis")
-        )
-        yield pg, redis
-
-
-@contextlib.asynccontextmanager
-async def _fresh_database(server_url: str) -> AsyncIterator[str]:
-    name = f"cic_bench_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -113,7 +80,7 @@ async def _platform(
         redis_url=redis_url,
         admin_token=secrets.token_urlsafe(32),
         bin_dir=bin_dir,
-        ports=Ports(*(_free_port() for _ in range(8))),
+        ports=Ports(*(free_port() for _ in range(8))),
         log_dir=log_dir,
         log_format="json",
         log_level="WARNING",
@@ -202,9 +169,9 @@ async def main(args: argparse.Namespace) -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
         for old in log_dir.glob("*.log"):
             old.unlink()
-        with _stores(Path(scratch)) as (pg_server, redis_url):
+        with stores(Path(scratch)) as (pg_server, redis_url):
             async with (
-                _fresh_database(pg_server) as database_url,
+                fresh_database(pg_server) as database_url,
                 _platform(database_url, redis_url, log_dir, args.pin) as stack,
             ):
                 direct, gateway = await _targets(stack)
