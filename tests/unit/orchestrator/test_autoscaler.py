@@ -60,31 +60,36 @@ async def test_policies_are_stored_replaced_listed_and_deleted(start_orchestrato
         assert refused.value.details() == "no scaling policy for model other"
 
 
-@pytest.mark.parametrize(
-    ("policy", "message"),
-    [
-        (local_policy(min_nodes=4), "max_nodes must be between min_nodes"),
-        (local_policy(min_nodes=-1), "min_nodes must be between 0"),
-        (local_policy(min_nodes=0, max_nodes=0), "max_nodes must be at least 1"),
-        (local_policy(max_nodes=5000), "max_nodes must be between min_nodes and 1000"),
-        (local_policy(target_queue_per_node=0), "target_queue_per_node must be above 0"),
-        (local_policy(target_queue_per_node=math.nan), "target_queue_per_node must be a finite"),
-        (local_policy(target_queue_per_node=math.inf), "target_queue_per_node must be a finite"),
-        (local_policy(model=""), "model must be"),
-        (local_policy(model="a b"), "model must be"),
-        (local_policy(cloud="local; id"), "cloud must be"),
-        (local_policy(accelerators="SIM"), "accelerators must look like NAME:COUNT"),
-        (local_policy(vllm_args=["--port=1"]), "vllm arg --port is not allowed"),
-    ],
-)
-async def test_bad_policies_are_invalid_arguments(
-    start_orchestrator, policy: pb.ScalingPolicy, message: str
-) -> None:
+BAD_POLICIES = [
+    (local_policy(min_nodes=4), "max_nodes must be between min_nodes"),
+    (local_policy(min_nodes=-1), "min_nodes must be between 0"),
+    (local_policy(min_nodes=0, max_nodes=0), "max_nodes must be at least 1"),
+    (local_policy(max_nodes=5000), "max_nodes must be between min_nodes and 1000"),
+    (local_policy(target_queue_per_node=0), "target_queue_per_node must be above 0"),
+    (local_policy(target_queue_per_node=math.nan), "target_queue_per_node must be a finite"),
+    (local_policy(target_queue_per_node=math.inf), "target_queue_per_node must be a finite"),
+    (local_policy(model=""), "model must be"),
+    (local_policy(model="a b"), "model must be"),
+    (local_policy(cloud="local; id"), "cloud must be"),
+    (local_policy(accelerators="SIM"), "accelerators must look like NAME:COUNT"),
+    (local_policy(vllm_args=["--port=1"]), "vllm arg --port is not allowed"),
+]
+
+
+async def test_bad_policies_are_invalid_arguments(start_orchestrator) -> None:
     orchestrator: Orchestrator = await start_orchestrator(**NOT_LOOKING)
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _set(orchestrator, policy)
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert message in refused.value.details()
+    for policy, message in BAD_POLICIES:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _set(orchestrator, policy)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert message in refused.value.details()
+    for call, request in (
+        (orchestrator.stub.GetScalingPolicy, pb.GetScalingPolicyRequest(model="a b")),
+        (orchestrator.stub.DeleteScalingPolicy, pb.DeleteScalingPolicyRequest(model="")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     listed = await orchestrator.stub.ListScalingPolicies(pb.ListScalingPoliciesRequest())
     assert list(listed.policies) == []
 

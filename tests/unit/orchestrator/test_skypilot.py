@@ -108,25 +108,25 @@ async def test_a_launch_that_takes_too_long_is_cancelled_and_torn_down(
     assert cluster not in skypilot.clusters and f"down {cluster}" in skypilot.calls
 
 
-@pytest.mark.parametrize(
-    ("request_", "message"),
-    [
-        (sky_launch(cloud="nosuchcloud"), "SkyPilot refused the task"),
-        (sky_launch(cloud="aws/us-east-1; id"), "cloud must be"),
-        (pb.LaunchNodeRequest(model="m", cloud="aws"), "accelerators is required"),
-        (sky_launch(vllm_args=["--trust-remote-code"]), "--trust-remote-code is not allowed"),
-        (sky_launch(vllm_args=["--max-model-len=1\nrun: id"]), "needs a whole number"),
-        (sky_launch(model="m'$(id)"), "model must be"),
-    ],
-)
+BAD_LAUNCHES = [
+    (sky_launch(cloud="nosuchcloud"), "SkyPilot refused the task"),
+    (sky_launch(cloud="aws/us-east-1; id"), "cloud must be"),
+    (pb.LaunchNodeRequest(model="m", cloud="aws"), "accelerators is required"),
+    (sky_launch(vllm_args=["--trust-remote-code"]), "--trust-remote-code is not allowed"),
+    (sky_launch(vllm_args=["--max-model-len=1\nrun: id"]), "needs a whole number"),
+    (sky_launch(model="m'$(id)"), "model must be"),
+]
+
+
 async def test_bad_launches_are_refused_before_anything_is_stored(
-    skypilot: FakeSkyPilot, start_orchestrator, request_, message: str
+    skypilot: FakeSkyPilot, start_orchestrator
 ) -> None:
     orchestrator: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await orchestrator.stub.LaunchNode(request_)
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert message in refused.value.details()
+    for request, message in BAD_LAUNCHES:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await orchestrator.stub.LaunchNode(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert message in refused.value.details()
     assert list((await orchestrator.stub.ListNodes(pb.ListNodesRequest())).nodes) == []
     assert not any(call.startswith("launch") for call in skypilot.calls)
 

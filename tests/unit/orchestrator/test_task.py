@@ -88,18 +88,14 @@ def test_any_infra_skypilot_knows_is_taken(
     assert _load_with_skypilot(out, tmp_path).resources
 
 
-def test_the_command_honours_vllm_version_and_port(tmp_path: Path) -> None:
-    env = {**os.environ, "VLLM_VERSION": "0.32.0", "VLLM_PORT": "9000", "HOME": str(tmp_path)}
-    done = subprocess.run(
-        [COMMAND, "render-task", "--model", "m", "--accelerators", "L4:1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    task = _load_with_skypilot(done.stdout, tmp_path)
+def test_vllm_version_and_port_come_from_the_environment(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_VERSION", "0.32.0")
+    monkeypatch.setenv("VLLM_PORT", "9000")
+    code, out, err = _render(capsys, "--model", "m", "--accelerators", "L4:1")
+    assert (code, err) == (0, "")
+    task = _load_with_skypilot(out, tmp_path)
     assert task.setup == "pip install vllm==0.32.0"
     assert "--port 9000" in task.run
     assert next(iter(task.resources)).ports == ["9000"]
