@@ -23,6 +23,7 @@ from tests.unit.orchestrator.conftest import (
     Orchestrator,
     eventually,
     local_launch,
+    now,
     process_runs,
     provider_handle,
 )
@@ -89,11 +90,16 @@ async def _refused_as_standby_for_every_call(
 
 
 async def test_a_leader_that_loses_its_lock_connection_steps_down(
-    start_orchestrator, database_url: str
+    start_orchestrator, database_url: str, running_server: str
 ) -> None:
     leader: Orchestrator = await start_orchestrator(LEADER_POLL_INTERVAL_S="0.5")
     standby: Orchestrator = await start_orchestrator(LEADER_POLL_INTERVAL_S="0.05")
     assert leader.service.active and not standby.service.active
+    running = await leader.stub.RegisterNode(
+        pb.RegisterNodeRequest(endpoint=running_server, model="cic-sim-small")
+    )
+    await leader.wait_state(running.node.id, pb.NODE_STATE_READY)
+    assert leader.metric("cic_orchestrator_nodes", state="ready", provider="external") == 1
 
     conn = await asyncpg.connect(database_url)
     try:
@@ -112,6 +118,18 @@ async def test_a_leader_that_loses_its_lock_connection_steps_down(
     await eventually(swapped, "the standby leads and the old leader stands by")
     await _refused_as_standby(leader.stub)
     assert leader.metric("cic_orchestrator_leader") == 0
+    # Node counts come from the leader only, so that summing over replicas counts once.
+    assert leader.metric("cic_orchestrator_nodes", state="ready", provider="external") == 0
+    # The new leader takes the registered server back (it is never stopped by a step-down).
+    await standby.wait_state(running.node.id, pb.NODE_STATE_READY)
+    await eventually(
+        now(
+            lambda: (
+                standby.metric("cic_orchestrator_nodes", state="ready", provider="external") == 1
+            )
+        ),
+        "the new leader counts it",
+    )
 
 
 async def test_killing_the_leader_process_hands_over_to_the_standby(

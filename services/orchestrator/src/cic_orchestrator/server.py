@@ -143,6 +143,12 @@ class OrchestratorService:
             await self.supervisor.stop()
         if self.lifecycle is not None:
             await self.lifecycle.shutdown()
+        self._clear_gauges()
+
+    def _clear_gauges(self) -> None:
+        """Only the leader reports nodes and wishes (a standby's would be counted twice)."""
+        self.metrics.set_node_counts({})
+        self.metrics.desired_nodes.clear()
 
     async def _set_serving(self, serving: bool) -> None:
         """The orchestrator service's own health follows leadership (a readiness probe on it
@@ -174,6 +180,7 @@ class OrchestratorService:
             await self.lifecycle.shutdown()
         await self.election.release()
         self.metrics.leader.set(0)
+        self._clear_gauges()
         await self.probe.close()
         await self.scheduler.close()
         if self._pool is not None:
