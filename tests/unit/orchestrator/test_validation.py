@@ -42,6 +42,7 @@ def test_flags_in_both_forms_come_back_as_flag_equals_value() -> None:
         (["--max-model-len=0"], "vllm arg --max-model-len must be at least 1"),
         (["ttft-ms=5"], "is not a --flag"),
         (["-x"], "is not a --flag"),
+        (["--seed=1"] * 65, "at most 64 vllm args"),
     ],
 )
 def test_bad_flags_are_named(args: list[str], message: str) -> None:

@@ -20,6 +20,7 @@ _HOST = re.compile(r"^(?:[0-9a-f:.]+|[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)$")
 _FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]{0,63}$")
 _NUMBER = re.compile(r"^-?(?:\d{1,12}(?:\.\d{1,12})?|\.\d{1,12})$")
 _INTEGER = re.compile(r"^\d{1,12}$")
+MAX_ARGS = 64
 
 # Checks one flag's value; returns a message when it is wrong. ``SWITCH`` marks a flag that
 # takes no value (``--enforce-eager``).
@@ -127,6 +128,8 @@ def matching(pattern: str, description: str) -> ValueCheck:
 def check_flag_args(args: Sequence[str], allowed: Mapping[str, ValueCheck]) -> list[str]:
     """Checks server flags given as ``--flag=value`` or ``--flag value`` against ``allowed``
     (flag → value check); returns them as ``--flag=value`` items (a switch as ``--flag``)."""
+    if len(args) > MAX_ARGS:
+        raise InvalidNodeRequest(f"at most {MAX_ARGS} vllm args")
     checked: list[str] = []
     position = 0
     while position < len(args):
