@@ -62,8 +62,6 @@ def test_the_environment_parses(rendered: Rendered, service: str) -> None:
     """The values in the manifests are ones the service accepts (a bad one would stop it)."""
     cls = settings_class(service)
     env = container_env(rendered, rendered.container(service))
-    for name in SECRET_STAND_INS:
-        assert name == name.lower()
     parse_settings(cls, environment(env))
 
 
@@ -120,3 +118,15 @@ def config_map_name(rendered: Rendered, service: str, kind: str) -> str:
         if name == wanted or name.rsplit("-", 1)[0] == wanted:
             return str(name)
     raise AssertionError(f"{rendered.target}: cic-{service} does not read {wanted}")
+
+
+def test_shared_config_names_only_settings_some_service_reads(rendered: Rendered) -> None:
+    shared = [
+        c
+        for c in rendered.of_kind("ConfigMap")
+        if c["metadata"]["name"].rsplit("-", 1)[0] == "cic-config"
+    ]
+    assert len(shared) == 1
+    known = set().union(*(variables(settings_class(s)) for s in SERVICES)) | OTEL_VARIABLES
+    unknown = set(shared[0]["data"]) - known
+    assert not unknown, f"{rendered.target}: cic-config sets unknown {sorted(unknown)}"
