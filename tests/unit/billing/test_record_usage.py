@@ -155,3 +155,24 @@ async def test_lost_database_answers_unavailable(billing: RunningBilling) -> Non
     assert recording.value.code() == grpc.StatusCode.UNAVAILABLE
     assert reading.value.code() == grpc.StatusCode.UNAVAILABLE
     assert billing.metric("cic_billing_rejected_batches_total", {"reason": "unavailable"}) == 1
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 11, 22, 20, 15, 1, 123_456, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    ],
+)
+async def test_times_are_stored_to_the_microsecond(
+    billing: RunningBilling, moment: datetime
+) -> None:
+    event = usage_event("req-t")
+    event.started_at.CopyFrom(timestamp(moment))
+    event.finished_at.CopyFrom(timestamp(moment))
+    event.finished_at.nanos += 999  # below a microsecond: truncated, as ToDatetime does
+    await record(billing, event)
+    [row] = await billing.ledger_rows()
+    assert (row["started_at"], row["finished_at"]) == (moment, moment)

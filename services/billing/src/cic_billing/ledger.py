@@ -21,13 +21,24 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,
 )
 
+# Times arrive as microseconds since the epoch, made timestamps here exactly (whole seconds and
+# the microseconds apart: a float holds either exactly, not always their product).
 _INSERT_EVENTS = """
 INSERT INTO usage_events (
     request_id, tenant_id, api_key_id, model, node_id, prompt_tokens, completion_tokens,
     cost_micro_usd, started_at, finished_at, streamed, status_code)
-SELECT * FROM unnest(
+SELECT request_id, tenant_id, api_key_id, model, node_id, prompt_tokens, completion_tokens,
+       cost_micro_usd,
+       'epoch'::timestamptz + (started / 1000000) * interval '1 second'
+                            + (started % 1000000) * interval '1 microsecond',
+       'epoch'::timestamptz + (finished / 1000000) * interval '1 second'
+                            + (finished % 1000000) * interval '1 microsecond',
+       streamed, status_code
+FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
-    $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::boolean[], $12::integer[])
+    $8::bigint[], $9::bigint[], $10::bigint[], $11::boolean[], $12::integer[])
+    AS e (request_id, tenant_id, api_key_id, model, node_id, prompt_tokens, completion_tokens,
+          cost_micro_usd, started, finished, streamed, status_code)
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id
 """
