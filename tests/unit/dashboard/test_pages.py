@@ -116,6 +116,8 @@ async def test_usage_shows_totals_days_models_and_a_chart_from_billing(
     assert (days[-1] - days[1]).days == 6 and days[0] == days[1]
     assert 'id="total-requests">3<' in page.text and 'id="total-cost">$2.50<' in page.text
     assert "<code>cic-sim-small</code>" in page.text
+    # Each day broken down by model too (the by-day table).
+    assert page.text.count("<code>cic-sim-small</code> 3 req · $2.50") == 7
     assert page.text.count('<rect class="bar"') == 2 * 7  # a wide and a narrow chart
     assert 'aria-label="Requests per day"' in page.text
     assert 'id="tenant-status">active<' in page.text

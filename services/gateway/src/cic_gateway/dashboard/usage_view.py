@@ -24,6 +24,7 @@ class Day:
     prompt_tokens: int
     completion_tokens: int
     cost_micro_usd: int
+    by_model: tuple[billing_pb2.ModelUsage, ...] = ()
 
     def value(self, metric: str) -> float:
         if metric == "requests":
@@ -72,7 +73,14 @@ async def fetch(
     )
     return Usage(
         days=[
-            Day(s, r.requests, r.prompt_tokens, r.completion_tokens, r.cost_micro_usd)
+            Day(
+                s,
+                r.requests,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cost_micro_usd,
+                tuple(r.by_model),
+            )
             for s, r in zip(starts, per_day, strict=True)
         ],
         total=total,
