@@ -166,3 +166,20 @@ async def simulator(
 def process_of(proc: ServiceProcess) -> psutil.Process:
     assert proc.proc is not None
     return psutil.Process(proc.proc.pid)
+
+
+@contextlib.asynccontextmanager
+async def node_mirror(
+    metrics_from: str, log_dir: Path
+) -> AsyncIterator[tuple[str, ServiceProcess]]:
+    """``node_mirror.py`` on a free port serving the page at ``metrics_from``; yields its
+    endpoint once ``/health`` answers."""
+    port = free_port()
+    script = str(Path(__file__).with_name("node_mirror.py"))
+    argv = [sys.executable, script, "--port", str(port), "--metrics-from", metrics_from]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(log_dir), **_python_path()}
+    proc = ServiceProcess("mirror", argv, env, log_dir / "mirror.log")
+    endpoint = f"http://127.0.0.1:{port}"
+    async with _running(proc):
+        await _wait_http_ok(proc, f"{endpoint}/health")
+        yield endpoint, proc

@@ -41,6 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadgen import PhaseResult
 from report import MAX_OTHER_CORES, percentile
 from scheduler_harness import (
+    node_mirror,
     process_of,
     redis_processes,
     redis_server,
@@ -69,6 +70,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--duration", type=float, default=10.0, help="measured seconds per phase (default 10)")
     add("--warmup", type=float, default=2.0, help="unmeasured seconds before each phase")
     add("--nodes", type=int, default=64, help="nodes registered (default 64)")
+    add(
+        "--nodes-at",
+        choices=("mirror", "sim"),
+        default="mirror",
+        help="what the registered nodes point at: a mirror of the simulator's /metrics and /health"
+        " (default; costs next to nothing, as 64 nodes on their own machines would cost this"
+        " one) or the simulator itself",
+    )
     add(
         "--modes",
         default="health,release,releases,route",
@@ -431,6 +440,10 @@ async def main(args: argparse.Namespace) -> int:
                 args.endpoint, node = await stack.enter_async_context(
                     simulator("node", MODEL, (), log_dir)
                 )
+                if args.nodes_at == "mirror":
+                    args.endpoint, node = await stack.enter_async_context(
+                        node_mirror(f"{args.endpoint}/metrics", log_dir)
+                    )
                 addr, sched = await stack.enter_async_context(
                     scheduler(redis_url, unique_prefix("pick"), log_dir, _settings(args.set))
                 )
