@@ -49,6 +49,9 @@ GROUP = "billing-forwarder"
 FIELD = b"event"
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _IDLE_CONSUMER_MS = 3_600_000  # a consumer with nothing pending and idle this long is removed
+# Under light load each event would otherwise be an XADD and a RecordUsage call of its own.
+APPEND_LINGER_S = 0.002
+FORWARD_LINGER_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,8 @@ class UsageOutbox:
                     return
                 await self._wakeup.wait()
                 self._wakeup.clear()
+                if not self._stopping:
+                    await asyncio.sleep(APPEND_LINGER_S)  # one XADD pipeline for a few events
                 continue
             batch = [self._memory[i] for i in range(min(len(self._memory), self._o.batch_size))]
             try:
@@ -235,6 +240,9 @@ class UsageOutbox:
                 self._backlog = int(await self._redis.xlen(self.stream))
                 self._gauge()
                 backoff = self._o.backoff_initial_s
+                if 0 < len(entries) < self._o.batch_size:
+                    # A partial batch: let a few more events gather before the next call.
+                    await asyncio.sleep(min(self._o.block_s, FORWARD_LINGER_S))
             except ResponseError as err:
                 if "NOGROUP" in str(err):
                     need_group = True
