@@ -8,7 +8,14 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator
 
 from cic_common.settings import GrpcServiceSettings, HostPort, PostgresUrl
-from cic_orchestrator.task import DEFAULT_VLLM_VERSION, TaskSettings, check_vllm_version
+from cic_orchestrator.task import (
+    DEFAULT_AGENT_PACKAGE,
+    DEFAULT_VLLM_VERSION,
+    TaskSettings,
+    check_agent_package,
+    check_control_plane_url,
+    check_vllm_version,
+)
 
 # Providers that LaunchNode can use, by the name NODE_PROVIDERS lists them under.
 KNOWN_PROVIDERS = ("local", "skypilot")
@@ -51,6 +58,24 @@ class Settings(GrpcServiceSettings):
     skypilot_poll_interval_s: float = Field(default=2.0, gt=0, le=300)
     skypilot_call_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
+    # The node agent (cic-node-agent) the SkyPilot task runs beside vLLM: the gateway's public
+    # URL it reports to (empty: nodes run no agent) and the pip requirement that installs it.
+    node_agent_control_plane_url: str = ""
+    node_agent_package: str = DEFAULT_AGENT_PACKAGE
+    # A ready node whose agent has reported before and is silent this long is degraded.
+    agent_silent_after_s: float = Field(default=30.0, gt=0, le=86400)
+    # A ready node whose /health has failed this long (its agent silent too) is dead: it fails
+    # and is replaced.
+    node_dead_after_s: float = Field(default=120.0, gt=0, le=86400)
+    # Launch a replacement for a node that was preempted or lost after it was ready.
+    replace_lost_nodes: bool = True
+    # A spot launch that is refused (no capacity) is launched again on-demand.
+    spot_fallback_on_demand: bool = True
+    # Whether the local provider (a simulated cloud) has spot capacity.
+    local_spot_available: bool = True
+    # Clusters with the prefix that no node owns are torn down once seen for this long.
+    orphan_grace_s: float = Field(default=300.0, ge=0, le=86400)
+
     # Leader election: how often a standby tries to take the lock, and the leader checks it.
     leader_poll_interval_s: float = Field(default=2.0, gt=0, le=300)
 
@@ -67,6 +92,16 @@ class Settings(GrpcServiceSettings):
             if name not in KNOWN_PROVIDERS:
                 raise ValueError(f"unknown provider {name!r} (known: {', '.join(KNOWN_PROVIDERS)})")
         return value
+
+    @field_validator("node_agent_control_plane_url")
+    @classmethod
+    def _control_plane(cls, value: str) -> str:
+        return check_control_plane_url(value)
+
+    @field_validator("node_agent_package")
+    @classmethod
+    def _agent_package(cls, value: str) -> str:
+        return check_agent_package(value)
 
     @field_validator("vllm_version")
     @classmethod
@@ -102,7 +137,12 @@ class Settings(GrpcServiceSettings):
 
     @property
     def task_settings(self) -> TaskSettings:
-        return TaskSettings(vllm_version=self.vllm_version, vllm_port=self.vllm_port)
+        return TaskSettings(
+            vllm_version=self.vllm_version,
+            vllm_port=self.vllm_port,
+            control_plane_url=self.node_agent_control_plane_url,
+            agent_package=self.node_agent_package,
+        )
 
     @property
     def local_sim_argv(self) -> list[str]:

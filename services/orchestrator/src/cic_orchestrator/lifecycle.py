@@ -28,6 +28,7 @@ from cic_orchestrator.nodes import (
     NodeSpec,
     NodeState,
     check_node_id,
+    new_agent_token,
     new_node_id,
 )
 from cic_orchestrator.providers import Providers
@@ -52,6 +53,7 @@ QUICK_CALL_S = 2.0
 class _Unhealthy:
     outcome: str  # launches_total outcome: failed, timeout, cancelled
     reason: str
+    spot_refused: bool = False  # the provider could not provision it (no spot capacity)
 
 
 class NodeLifecycle:
@@ -83,11 +85,21 @@ class NodeLifecycle:
         cloud: str,
         vllm_args: Sequence[str],
         use_spot: bool = False,
+        replaces: str = "",
     ) -> NodeRecord:
-        spec, provider = await self._checked_spec(model, accelerators, cloud, vllm_args, use_spot)
+        spec, provider = await self._checked_spec(
+            model, accelerators, cloud, vllm_args, use_spot, replaces
+        )
         record = await self._store.insert(spec, provider.name, NodeState.LAUNCHING)
-        log.info("node %s: launching %s on %s", record.id, model, provider.name)
-        self._run(record.id, self._bring_up(record, provider, launch=True))
+        log.info(
+            "node %s: launching %s on %s%s%s",
+            record.id,
+            model,
+            provider.name,
+            " (spot)" if use_spot else "",
+            f" to replace {replaces}" if replaces else "",
+        )
+        self._run(record.id, self._bring_up(record, provider, launch=True, spec=spec))
         await self.refresh_gauges()
         return record
 
@@ -111,12 +123,22 @@ class NodeLifecycle:
         cloud: str,
         vllm_args: Sequence[str],
         use_spot: bool,
+        replaces: str = "",
     ) -> tuple[NodeSpec, NodeProvider]:
         check_model(model)
         check_accelerators(accelerators)
         provider = self._providers.for_cloud(check_cloud(cloud))
         args = tuple(provider.check_vllm_args(vllm_args))
-        spec = NodeSpec(new_node_id(), model, accelerators, cloud, args, use_spot)
+        spec = NodeSpec(
+            new_node_id(),
+            model,
+            accelerators,
+            cloud,
+            args,
+            use_spot,
+            agent_token=new_agent_token(),
+            replaces=replaces,
+        )
         await provider.check_spec(spec)
         return spec, provider
 
@@ -170,12 +192,22 @@ class NodeLifecycle:
         self._run(record.id, self._retire(record.id, self._current.get(record.id), drain))
 
     async def fail(
-        self, record: NodeRecord, reason: str, allowed_from: Sequence[NodeState] = LIVE_STATES
+        self,
+        record: NodeRecord,
+        reason: str,
+        allowed_from: Sequence[NodeState] = LIVE_STATES,
+        spot_refused: bool = False,
     ) -> None:
-        """Marks the node failed, ends whatever remains of it, takes it out of the scheduler."""
+        """Marks the node failed, ends whatever remains of it, takes it out of the scheduler;
+        a node lost after it was ready is replaced (REPLACE_LOST_NODES), and a refused spot
+        launch is launched again on-demand (SPOT_FALLBACK_ON_DEMAND)."""
         failed = await self._store.transition(record.id, allowed_from, NodeState.FAILED, reason)
         if failed is None:
             return
+        if failed.previous_state is NodeState.READY:
+            await self.replace(failed, use_spot=failed.use_spot)
+        elif spot_refused and failed.use_spot and self._settings.spot_fallback_on_demand:
+            await self.replace(failed, use_spot=False)
         log.warning("node %s: failed: %s", record.id, reason)
         try:
             await self._provider(failed).terminate(failed.id, failed.provider_handle)
@@ -185,6 +217,49 @@ class NodeLifecycle:
         if failed.previous_state in (NodeState.READY, NodeState.DRAINING):
             await self.deregister_quietly(failed.id)
         await self.refresh_gauges()
+
+    async def replace(self, record: NodeRecord, use_spot: bool) -> NodeRecord | None:
+        """Launches one node like ``record`` (once per node; never for registered servers)."""
+        if record.provider == EXTERNAL or not self._settings.replace_lost_nodes:
+            return None
+        if not await self._store.claim_replacement(record.id):
+            return None
+        try:
+            new = await self.launch(
+                record.model,
+                record.accelerators,
+                record.cloud,
+                record.vllm_args,
+                use_spot,
+                replaces=record.id,
+            )
+        except Exception as err:
+            log.error("node %s: cannot launch a replacement: %s", record.id, err)
+            await self._store.set_replaced_by(record.id, "")
+            return None
+        await self._store.set_replaced_by(record.id, new.id)
+        kind = "spot" if use_spot else "on-demand"
+        log.info("node %s: replaced by %s (%s)", record.id, new.id, kind)
+        return new
+
+    async def preempted(self, record: NodeRecord) -> NodeRecord:
+        """The cloud reclaims the node: no new traffic at once, a replacement launched, then
+        the usual drain and terminate (in-flight requests finish, within DRAIN_TIMEOUT_S)."""
+        try:
+            await self._scheduler.drain(record.id)
+        except grpc.aio.AioRpcError as err:
+            log.warning("node %s: cannot drain at once: %s", record.id, err.code())
+        draining = await self._store.transition(
+            record.id, (NodeState.LAUNCHING, NodeState.READY), NodeState.DRAINING
+        )
+        if draining is None:
+            return await self.get(record.id)
+        log.warning("node %s: preempted (%s); draining", record.id, record.preemption or "notice")
+        if draining.previous_state is NodeState.READY:
+            await self.replace(draining, use_spot=draining.use_spot)
+        self.resume_retire(draining)
+        await self.refresh_gauges()
+        return draining
 
     async def shutdown(self) -> None:
         """Cancels the background tasks, ends the nodes that must not outlive this process and
@@ -237,10 +312,16 @@ class NodeLifecycle:
         await self._store.transition(node_id, LIVE_STATES, NodeState.TERMINATED)
         log.info("node %s: terminated with the orchestrator", node_id)
 
-    async def _bring_up(self, record: NodeRecord, provider: NodeProvider, launch: bool) -> None:
+    async def _bring_up(
+        self,
+        record: NodeRecord,
+        provider: NodeProvider,
+        launch: bool,
+        spec: NodeSpec | None = None,
+    ) -> None:
         started = time.monotonic()
         try:
-            outcome = await self._launch_and_wait(record, provider, launch)
+            outcome = await self._launch_and_wait(record, provider, launch, spec or record.spec)
         except asyncio.CancelledError:
             self._metrics.launches.labels(provider.name, "cancelled").inc()
             raise
@@ -253,15 +334,15 @@ class NodeLifecycle:
             self._metrics.launch_duration.labels(provider.name).observe(time.monotonic() - started)
 
     async def _launch_and_wait(
-        self, record: NodeRecord, provider: NodeProvider, launch: bool
+        self, record: NodeRecord, provider: NodeProvider, launch: bool, spec: NodeSpec
     ) -> str:
         timeout_s = provider.launch_timeout_s or self._settings.launch_timeout_s
         deadline = time.monotonic() + timeout_s
         if launch:
             try:
-                launched = await provider.launch(record.spec)
+                launched = await provider.launch(spec)
             except LaunchError as err:
-                await self.fail(record, str(err))
+                await self.fail(record, str(err), spot_refused=True)
                 return "failed"
             record = (
                 await self._store.set_launched(record.id, launched.endpoint, launched.handle)
@@ -278,7 +359,12 @@ class NodeLifecycle:
             unhealthy = await self._wait_healthy(record, provider, deadline, timeout_s)
         if unhealthy is not None:
             if unhealthy.outcome != "cancelled":
-                await self.fail(record, unhealthy.reason, (NodeState.LAUNCHING, NodeState.READY))
+                await self.fail(
+                    record,
+                    unhealthy.reason,
+                    (NodeState.LAUNCHING, NodeState.READY),
+                    spot_refused=unhealthy.spot_refused,
+                )
             return unhealthy.outcome
         # In the scheduler's rotation first, so that a node seen READY here takes traffic (a
         # terminate crossing this deregisters it).
@@ -307,7 +393,7 @@ class NodeLifecycle:
                 await asyncio.wait([waiting], timeout=self._settings.health_poll_interval_s)
             endpoint = waiting.result()
         except LaunchError as err:
-            return _Unhealthy("failed", str(err))
+            return _Unhealthy("failed", str(err), spot_refused=True)
         finally:
             waiting.cancel()
         log.info("node %s: machine up at %s", record.id, endpoint)

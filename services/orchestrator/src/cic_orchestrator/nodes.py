@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -21,6 +23,37 @@ class NodeState(StrEnum):
 
 
 LIVE_STATES = (NodeState.LAUNCHING, NodeState.READY, NodeState.DRAINING)
+
+
+class NodeHealth(StrEnum):
+    """A ready node's health from three signals (see :mod:`cic_orchestrator.health`); empty
+    while it is not judged."""
+
+    UNKNOWN = ""
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+
+
+# Per-node agent tokens: shown to the node once (in its task's secrets), stored as SHA-256.
+AGENT_TOKEN_PREFIX = "cic-node-"  # noqa: S105 - a prefix, not a secret
+_AGENT_TOKEN = re.compile(r"^cic-node-[A-Za-z0-9_-]{43}$")
+
+
+def new_agent_token() -> str:
+    return AGENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(token: str, stored_digest: str) -> bool:
+    """Whether ``token`` is the one whose digest was stored; compared in constant time."""
+    if not stored_digest or not _AGENT_TOKEN.fullmatch(token):
+        return False
+    return hmac.compare_digest(token_digest(token), stored_digest)
 
 
 _NODE_ID = re.compile(r"^node-[0-9a-f]{12}$")
@@ -46,6 +79,9 @@ class NodeSpec:
     cloud: str = ""
     vllm_args: tuple[str, ...] = ()
     use_spot: bool = False
+    # The node's agent token (the provider hands it to the node; only its digest is stored).
+    agent_token: str = field(default="", repr=False, compare=False)
+    replaces: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,13 +101,26 @@ class NodeRecord:
     created_at: datetime
     updated_at: datetime
     use_spot: bool = False
+    health: NodeHealth = NodeHealth.UNKNOWN
+    agent_seen_at: datetime | None = None
+    probe_failing_since: datetime | None = None
+    has_agent_token: bool = False
+    replaces: str = ""
+    replaced_by: str = ""
+    preemption: str = ""
     # The state the row had just before the update that returned it (TerminateNode uses it).
     previous_state: NodeState | None = field(default=None, compare=False)
 
     @property
     def spec(self) -> NodeSpec:
         return NodeSpec(
-            self.id, self.model, self.accelerators, self.cloud, self.vllm_args, self.use_spot
+            self.id,
+            self.model,
+            self.accelerators,
+            self.cloud,
+            self.vllm_args,
+            self.use_spot,
+            replaces=self.replaces,
         )
 
 
@@ -93,6 +142,10 @@ class NodeConflict(NodeError):
 
 class NoProviderForCloud(NodeError):
     """No enabled provider launches nodes on that cloud (FAILED_PRECONDITION)."""
+
+
+class AgentUnauthenticated(NodeError):
+    """The agent's token is not the node's (UNAUTHENTICATED)."""
 
 
 class EndpointInUse(NodeError):

@@ -13,6 +13,7 @@ from cic.orchestrator.v1 import orchestrator_pb2_grpc
 from cic_common.db import open_pool
 from cic_common.grpc_server import GrpcServer
 from cic_common.metrics import GrpcMetrics
+from cic_orchestrator.agent_desk import AgentDesk
 from cic_orchestrator.autoscaler import Autoscaler
 from cic_orchestrator.config import Settings
 from cic_orchestrator.health_probe import HealthProbe
@@ -89,7 +90,9 @@ class OrchestratorService:
         self.grpc.add_service(
             SERVICE_NAME,
             orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
-            OrchestratorServicer(self.lifecycle, policies, lambda: self._active),
+            OrchestratorServicer(
+                self.lifecycle, policies, AgentDesk(store, self.lifecycle), lambda: self._active
+            ),
         )
 
     async def start(self, host: str = "[::]") -> int:

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from typing import NoReturn, TypeVar
 
 import grpc
 
 from cic.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from cic_orchestrator.agent_desk import AgentDesk
 from cic_orchestrator.lifecycle import NodeLifecycle
 from cic_orchestrator.nodes import (
+    AgentUnauthenticated,
     EndpointInUse,
     InvalidNodeRequest,
     NodeConflict,
     NodeError,
+    NodeHealth,
     NodeNotFound,
     NodeRecord,
     NodeState,
@@ -32,12 +36,19 @@ _CODES: dict[type[NodeError], grpc.StatusCode] = {
     NoProviderForCloud: grpc.StatusCode.FAILED_PRECONDITION,
     EndpointInUse: grpc.StatusCode.ALREADY_EXISTS,
     PolicyNotFound: grpc.StatusCode.NOT_FOUND,
+    AgentUnauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 STANDBY = "this orchestrator replica is on standby; another one is active"
 _PROTO_STATES = {
     state: orchestrator_pb2.NodeState.Value(f"NODE_STATE_{state.name}") for state in NodeState
 }
 _STATES_BY_PROTO = {value: state for state, value in _PROTO_STATES.items()}
+_PROTO_HEALTH = {
+    health: orchestrator_pb2.NodeHealth.Value(
+        f"NODE_HEALTH_{health.name}" if health.value else "NODE_HEALTH_UNSPECIFIED"
+    )
+    for health in NodeHealth
+}
 
 
 def to_proto(record: NodeRecord) -> orchestrator_pb2.ManagedNode:
@@ -52,7 +63,12 @@ def to_proto(record: NodeRecord) -> orchestrator_pb2.ManagedNode:
         endpoint=record.endpoint,
         failure_reason=record.failure_reason,
         use_spot=record.use_spot,
+        health=_PROTO_HEALTH[record.health],
+        replaces=record.replaces,
+        preemption=record.preemption,
     )
+    if record.agent_seen_at is not None:
+        node.agent_seen_at.FromDatetime(record.agent_seen_at)
     node.created_at.FromDatetime(record.created_at)
     node.updated_at.FromDatetime(record.updated_at)
     return node
@@ -75,9 +91,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """Every call is refused with UNAVAILABLE while ``active()`` is false (a standby)."""
 
     def __init__(
-        self, lifecycle: NodeLifecycle, policies: PolicyStore, active: Callable[[], bool]
+        self,
+        lifecycle: NodeLifecycle,
+        policies: PolicyStore,
+        agents: AgentDesk,
+        active: Callable[[], bool],
     ) -> None:
         self._lifecycle = lifecycle
+        self._agents = agents
         self._policies = policies
         self._active = active
 
@@ -188,6 +209,37 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         await self._serving(context)
         await _answer(context, self._policies.delete(request.model))
         return orchestrator_pb2.DeleteScalingPolicyResponse()
+
+    async def AgentRegister(
+        self, request: orchestrator_pb2.AgentRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.AgentResponse:
+        await self._serving(context)
+        state = await _answer(
+            context, self._agents.register(request.node_id, request.token, request.agent_version)
+        )
+        return orchestrator_pb2.AgentResponse(state=_PROTO_STATES[state])
+
+    async def AgentHeartbeat(
+        self, request: orchestrator_pb2.AgentHeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.AgentResponse:
+        await self._serving(context)
+        state = await _answer(
+            context, self._agents.heartbeat(request.node_id, request.token, request.vllm_healthy)
+        )
+        return orchestrator_pb2.AgentResponse(state=_PROTO_STATES[state])
+
+    async def AgentPreempted(
+        self, request: orchestrator_pb2.AgentPreemptedRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.AgentResponse:
+        await self._serving(context)
+        not_after = request.not_after.ToDatetime(UTC) if request.HasField("not_after") else None
+        state = await _answer(
+            context,
+            self._agents.preempted(
+                request.node_id, request.token, request.cloud, request.notice, not_after
+            ),
+        )
+        return orchestrator_pb2.AgentResponse(state=_PROTO_STATES[state])
 
 
 async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:

@@ -8,7 +8,14 @@ from typing import Any
 
 import asyncpg
 
-from cic_orchestrator.nodes import EndpointInUse, NodeRecord, NodeSpec, NodeState
+from cic_orchestrator.nodes import (
+    EndpointInUse,
+    NodeHealth,
+    NodeRecord,
+    NodeSpec,
+    NodeState,
+    token_digest,
+)
 
 
 def _record(row: asyncpg.Record) -> NodeRecord:
@@ -27,6 +34,13 @@ def _record(row: asyncpg.Record) -> NodeRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         use_spot=row["use_spot"],
+        health=NodeHealth(row["health"]),
+        agent_seen_at=row["agent_seen_at"],
+        probe_failing_since=row["probe_failing_since"],
+        has_agent_token=bool(row["agent_token_sha256"]),
+        replaces=row["replaces"],
+        replaced_by=row["replaced_by"],
+        preemption=row["preemption"],
         previous_state=NodeState(previous) if previous else None,
     )
 
@@ -46,8 +60,8 @@ class NodeStore:
         try:
             row = await self._pool.fetchrow(
                 "INSERT INTO nodes (id, model, provider, accelerators, cloud, vllm_args, state,"
-                " endpoint, use_spot) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9)"
-                " RETURNING *",
+                " endpoint, use_spot, agent_token_sha256, replaces)"
+                " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11) RETURNING *",
                 spec.node_id,
                 spec.model,
                 provider,
@@ -57,6 +71,8 @@ class NodeStore:
                 state.value,
                 endpoint,
                 spec.use_spot,
+                token_digest(spec.agent_token) if spec.agent_token else "",
+                spec.replaces,
             )
         except asyncpg.UniqueViolationError:
             raise EndpointInUse(f"a live node already serves {endpoint}") from None
@@ -110,6 +126,46 @@ class NodeStore:
             failure_reason,
         )
         return None if row is None else _record(row)
+
+    async def agent_token_digest(self, node_id: str) -> tuple[NodeState, str] | None:
+        row = await self._pool.fetchrow(
+            "SELECT state, agent_token_sha256 FROM nodes WHERE id = $1", node_id
+        )
+        return None if row is None else (NodeState(row["state"]), row["agent_token_sha256"])
+
+    async def agent_seen(self, node_id: str) -> None:
+        await self._pool.execute("UPDATE nodes SET agent_seen_at = now() WHERE id = $1", node_id)
+
+    async def set_preemption(self, node_id: str, notice: str) -> None:
+        await self._pool.execute(
+            "UPDATE nodes SET preemption = $2, agent_seen_at = now() WHERE id = $1",
+            node_id,
+            notice,
+        )
+
+    async def set_health(self, node_id: str, health: NodeHealth, probe_ok: bool) -> None:
+        """Stores the node's health; the probes' failing streak starts (ends) with ``probe_ok``."""
+        await self._pool.execute(
+            "UPDATE nodes SET health = $2, probe_failing_since = CASE WHEN $3 THEN NULL"
+            " ELSE coalesce(probe_failing_since, now()) END WHERE id = $1",
+            node_id,
+            health.value,
+            probe_ok,
+        )
+
+    async def claim_replacement(self, node_id: str) -> bool:
+        """True once per node: the caller launches its replacement."""
+        claimed = await self._pool.fetchval(
+            "UPDATE nodes SET replaced_by = 'pending' WHERE id = $1 AND replaced_by = ''"
+            " RETURNING id",
+            node_id,
+        )
+        return claimed is not None
+
+    async def set_replaced_by(self, node_id: str, replacement_id: str) -> None:
+        await self._pool.execute(
+            "UPDATE nodes SET replaced_by = $2 WHERE id = $1", node_id, replacement_id
+        )
 
     async def count_by_state(self) -> dict[tuple[str, str], int]:
         """``(state, provider)`` → number of nodes."""

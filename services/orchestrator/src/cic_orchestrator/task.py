@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -73,6 +73,33 @@ VLLM_FLAGS: dict[str, ValueCheck] = {
 }
 
 
+# What installs the node agent beside vLLM: the package from the index, or a wheel's URL.
+DEFAULT_AGENT_PACKAGE = "cic-node-agent==0.1.0"
+_AGENT_PACKAGE = re.compile(
+    r"^(?:cic-node-agent(?:==\d{1,4}\.\d{1,4}\.\d{1,4})?"
+    r"|https://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?/[A-Za-z0-9._~/+-]{1,400}\.whl)$"
+)
+_CONTROL_PLANE = re.compile(
+    r"^https?://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?(?:/[A-Za-z0-9._~/-]{0,200})?$"
+)
+_NODE_ID = re.compile(r"^node-[0-9a-f]{12}$")
+_AGENT_TOKEN = re.compile(r"^cic-node-[A-Za-z0-9_-]{43}$")
+
+
+def check_agent_package(value: str) -> str:
+    if not _AGENT_PACKAGE.fullmatch(value):
+        raise ValueError(
+            "must be cic-node-agent, cic-node-agent==X.Y.Z or an https:// URL of a .whl"
+        )
+    return value
+
+
+def check_control_plane_url(value: str) -> str:
+    if value and not _CONTROL_PLANE.fullmatch(value):
+        raise ValueError("must be the gateway's http(s):// URL (host, optional port and path)")
+    return value.rstrip("/")
+
+
 def check_vllm_version(value: str) -> str:
     if not _VERSION.fullmatch(value):
         raise ValueError("must be a vLLM release such as 0.33.0")
@@ -86,11 +113,36 @@ class TaskSettings(BaseModel):
 
     vllm_version: str = DEFAULT_VLLM_VERSION
     vllm_port: int = Field(default=8000, ge=1024, le=65535)
+    # The gateway's public URL the node agent reports to; empty: no agent.
+    control_plane_url: str = ""
+    agent_package: str = DEFAULT_AGENT_PACKAGE
 
     @field_validator("vllm_version")
     @classmethod
     def _version(cls, value: str) -> str:
         return check_vllm_version(value)
+
+    @field_validator("control_plane_url")
+    @classmethod
+    def _control_plane(cls, value: str) -> str:
+        return check_control_plane_url(value)
+
+    @field_validator("agent_package")
+    @classmethod
+    def _agent_package(cls, value: str) -> str:
+        return check_agent_package(value)
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """Who the node's agent reports as: its node id and the per-node token (a task secret)."""
+
+    node_id: str
+    token: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _NODE_ID.fullmatch(self.node_id) or not _AGENT_TOKEN.fullmatch(self.token):
+            raise InvalidNodeRequest("the node agent's id or token is malformed")
 
 
 @dataclass(frozen=True)
@@ -129,8 +181,20 @@ def run_command(task: NodeTask, port: int) -> str:
     return "exec " + shlex.join(words)
 
 
-def task_config(task: NodeTask, settings: TaskSettings, name: str = "") -> dict[str, Any]:
-    """The task as SkyPilot's YAML schema has it (``sky.Task.from_yaml_config`` takes it)."""
+def _cloud_name(infra: str) -> str:
+    """The agent's metadata service: aws, gcp or azure, else auto (it finds out)."""
+    first = infra.split("/", 1)[0]
+    return first if first in ("aws", "gcp", "azure") else "auto"
+
+
+def task_config(
+    task: NodeTask, settings: TaskSettings, name: str = "", agent: AgentIdentity | None = None
+) -> dict[str, Any]:
+    """The task as SkyPilot's YAML schema has it (``sky.Task.from_yaml_config`` takes it).
+
+    With ``agent`` and a control-plane URL, the setup also installs ``cic-node-agent`` and the
+    run command starts it in the background before vLLM; the agent's token travels as a
+    SkyPilot secret (redacted in SkyPilot's own displays), never in the command."""
     resources: dict[str, Any] = {
         "accelerators": task.accelerators,
         "use_spot": task.use_spot,
@@ -142,8 +206,20 @@ def task_config(task: NodeTask, settings: TaskSettings, name: str = "") -> dict[
     if name:
         config["name"] = name
     config["resources"] = resources
-    config["setup"] = "pip install " + shlex.quote(f"vllm=={settings.vllm_version}")
-    config["run"] = run_command(task, settings.vllm_port)
+    packages = [f"vllm=={settings.vllm_version}"]
+    run = run_command(task, settings.vllm_port)
+    if agent is not None and settings.control_plane_url:
+        packages.append(settings.agent_package)
+        config["envs"] = {
+            "CIC_NODE_ID": agent.node_id,
+            "CIC_CONTROL_PLANE_URL": settings.control_plane_url,
+            "CIC_VLLM_URL": f"http://127.0.0.1:{settings.vllm_port}",
+            "CIC_NODE_CLOUD": _cloud_name(task.cloud),
+        }
+        config["secrets"] = {"CIC_NODE_TOKEN": agent.token}
+        run = "cic-node-agent &\n" + run
+    config["setup"] = "pip install " + shlex.join(packages)
+    config["run"] = run
     return config
 
 

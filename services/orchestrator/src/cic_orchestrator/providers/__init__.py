@@ -35,7 +35,11 @@ class Providers:
 def build_providers(settings: Settings) -> Providers:
     """Every provider; SkyPilot's only when enabled (its SDK is configured on the way)."""
     providers: list[NodeProvider] = [
-        LocalProvider(settings.local_sim_argv, settings.local_sim_host),
+        LocalProvider(
+            settings.local_sim_argv,
+            settings.local_sim_host,
+            spot_available=settings.local_spot_available,
+        ),
         ExternalProvider(),
     ]
     if "skypilot" in settings.enabled_providers:
@@ -50,6 +54,7 @@ def build_providers(settings: Settings) -> Providers:
                 settings.task_settings,
                 settings.skypilot_cluster_prefix,
                 settings.skypilot_launch_timeout_s,
+                settings.orphan_grace_s,
             )
         )
     # local before skypilot: `local` is the one cloud the local provider serves.

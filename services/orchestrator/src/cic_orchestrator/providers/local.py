@@ -55,8 +55,15 @@ class _SimProcess:
 class LocalProvider(NodeProvider):
     name = "local"
 
-    def __init__(self, command: Sequence[str], host: str, stop_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        host: str,
+        stop_timeout_s: float = 5.0,
+        spot_available: bool = True,
+    ) -> None:
         self._command = list(command)
+        self._spot_available = spot_available
         self._host = host
         self._stop_timeout_s = stop_timeout_s
         self._processes: dict[str, _SimProcess] = {}
@@ -68,10 +75,12 @@ class LocalProvider(NodeProvider):
         return check_flag_args(args, SIM_FLAGS)
 
     async def launch(self, spec: NodeSpec) -> LaunchedNode:
+        if spec.use_spot and not self._spot_available:
+            raise LaunchError("spot capacity unavailable (LOCAL_SPOT_AVAILABLE=false)")
         port = _free_port(self._host)
         argv = [*_resolve(self._command), "--host", self._host, "--port", str(port)]
         argv += ["--model", spec.model, *spec.vllm_args]
-        process = self._spawn(spec.node_id, argv)
+        process = self._spawn(spec.node_id, argv, _node_env(spec))
         log.info("node %s: started %s (pid %d)", spec.node_id, argv[0], process.pid)
         host = f"[{self._host}]" if ":" in self._host else self._host
         handle = {"pid": process.pid, "port": port, "started_at": _started_at(process.pid)}
@@ -108,7 +117,9 @@ class LocalProvider(NodeProvider):
         await asyncio.gather(*(self.terminate(node_id, {}) for node_id in node_ids))
         return node_ids
 
-    def _spawn(self, node_id: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, node_id: str, argv: list[str], env: Mapping[str, str]
+    ) -> subprocess.Popen[bytes]:
         """Starts the process and records it at once (no await in between, so a cancelled
         launch cannot lose it)."""
         try:
@@ -118,6 +129,7 @@ class LocalProvider(NodeProvider):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **env},
             )
         except OSError as err:
             raise LaunchError(f"cannot start {argv[0]}: {err.strerror or err}") from None
@@ -145,6 +157,14 @@ class LocalProvider(NodeProvider):
         if not await _gone(leftover, self._stop_timeout_s):
             _signal_group(pid, signal.SIGKILL)
             await _gone(leftover, self._stop_timeout_s)
+
+
+def _node_env(spec: NodeSpec) -> dict[str, str]:
+    """What a node's agent would read, as the SkyPilot task gives it (envs and secrets)."""
+    env = {"CIC_NODE_ID": spec.node_id}
+    if spec.agent_token:
+        env["CIC_NODE_TOKEN"] = spec.agent_token
+    return env
 
 
 def _resolve(command: list[str]) -> list[str]:

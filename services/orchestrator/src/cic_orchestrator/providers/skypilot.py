@@ -30,7 +30,13 @@ from cic_orchestrator.providers.skypilot_sdk import (
     SkyError,
     parse_task,
 )
-from cic_orchestrator.task import VLLM_FLAGS, NodeTask, TaskSettings, task_config
+from cic_orchestrator.task import (
+    VLLM_FLAGS,
+    AgentIdentity,
+    NodeTask,
+    TaskSettings,
+    task_config,
+)
 from cic_orchestrator.validation import check_endpoint, check_flag_args
 
 log = logging.getLogger(__name__)
@@ -48,8 +54,14 @@ class SkyPilotProvider(NodeProvider):
         task_settings: TaskSettings,
         cluster_prefix: str,
         launch_timeout_s: float,
+        orphan_grace_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._orphan_grace_s = orphan_grace_s
+        self._clock = clock
+        # When each cluster that no live node owns was first seen so (torn down after the grace).
+        self._stray_since: dict[str, float] = {}
         self._task_settings = task_settings
         self._prefix = cluster_prefix
         self.launch_timeout_s = launch_timeout_s
@@ -71,7 +83,10 @@ class SkyPilotProvider(NodeProvider):
 
     def task_config(self, spec: NodeSpec) -> dict[str, Any]:
         task = NodeTask(spec.model, spec.accelerators, spec.cloud, spec.use_spot, spec.vllm_args)
-        return task_config(task, self._task_settings, name=self.cluster_name(spec.node_id))
+        agent = AgentIdentity(spec.node_id, spec.agent_token) if spec.agent_token else None
+        return task_config(
+            task, self._task_settings, name=self.cluster_name(spec.node_id), agent=agent
+        )
 
     async def check_spec(self, spec: NodeSpec) -> None:
         if not spec.accelerators:
@@ -154,12 +169,17 @@ class SkyPilotProvider(NodeProvider):
         return False
 
     async def orphans(self, live_node_ids: Callable[[], Awaitable[Collection[str]]]) -> list[str]:
-        """Tears down clusters named like ours that no live node owns; returns their names."""
+        """Tears down clusters named like ours that no live node owns once they have been seen so
+        for ORPHAN_GRACE_S (a launch whose record is being written is not one); returns them."""
         self._listing = None
         ours = [n for n in await self._clusters() if n.startswith(f"{self._prefix}-node-")]
         owned = {self.cluster_name(node_id) for node_id in await live_node_ids()}
-        stray = [name for name in ours if name not in owned]
+        now = self._clock()
+        unowned = {name for name in ours if name not in owned}
+        self._stray_since = {n: self._stray_since.get(n, now) for n in unowned}
+        stray = [n for n in sorted(unowned) if now - self._stray_since[n] >= self._orphan_grace_s]
         for name in stray:
+            self._stray_since.pop(name, None)
             log.warning("cluster %s: no live node owns it; tearing it down", name)
             await self._client.down(name)
         if stray:
