@@ -71,6 +71,22 @@ def test_a_page_without_vllms_gauges_is_refused() -> None:
         parse_load('vllm:num_requests_running{model_name="m" 1\n', "m", scraped_at=0)
 
 
+def test_the_text_format_is_read_as_prometheus_writes_it() -> None:
+    """Escaped label values (quotes, braces, commas, backslashes), timestamps, names that only
+    start like a gauge's, and a gauge's name inside another line's label value."""
+    page = (
+        '# HELP vllm:num_requests_running says vllm:num_requests_running{model_name="m"} 99\n'
+        'vllm:num_requests_running_total{model_name="m"} 50\n'
+        'other{note="vllm:num_requests_waiting{model_name=\\"m\\"} 77"} 1\n'
+        'vllm:num_requests_running{model_name="m \\"q\\" {x},y\\\\"} 2 1700000000000\n'
+        'vllm:num_requests_running{engine="0", model_name="m \\"q\\" {x},y\\\\",} 3\n'
+        "vllm:num_requests_waiting 4\n"
+        'vllm:kv_cache_usage_perc{model_name="m \\"q\\" {x},y\\\\"} 0.125\n'
+    )
+    sample = parse_load(page, 'm "q" {x},y\\', scraped_at=0)
+    assert (sample.running, sample.waiting, sample.kv_cache_usage) == (5.0, 4.0, 0.125)
+
+
 async def _load(scheduler: RunningScheduler, node_id: str) -> pb.NodeLoad | None:
     node = (await scheduler.nodes())[node_id]
     return node.load if node.HasField("load") else None

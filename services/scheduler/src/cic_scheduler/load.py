@@ -12,11 +12,11 @@ scrapes (and probes), so each node is scraped once per interval whatever the rep
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from cic_scheduler.background import spread_over
 from cic_scheduler.leadership import SignalsLeadership, holds_collector
@@ -42,16 +42,51 @@ def metrics_url(endpoint: str) -> str:
     return f"{endpoint.rstrip('/')}/metrics"
 
 
-def _wanted_lines(text: str) -> str:
-    """Only the lines about the gauges read here: a vLLM page holds hundreds of histogram lines,
-    and parsing them every half second for every node would be wasted work."""
-    kept = []
-    for line in text.splitlines():
-        name = line.split(" ", 3)[2] if line.startswith("# ") else line
-        if name.startswith(_WANTED):
-            kept.append(line)
-    kept.append("")
-    return "\n".join(kept)
+# A sample line of one of the gauges read here: name, then the rest of the line.
+# (No ``^``: a pattern that starts with a literal is searched for as fast as a string; the
+# match is then checked to start a line.)
+_WANTED_LINE = re.compile(
+    r"vllm:(?:num_requests_running|num_requests_waiting|kv_cache_usage_perc"
+    r"|gpu_cache_usage_perc)(?=[{ \t])[^\n]*"
+)
+# The rest: an optional {label="value",...} block, the value, an optional timestamp.
+_REST = re.compile(r'(?:\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t\r]*$')
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+def _labels(block: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    at = 0
+    while at < len(block):
+        match = _LABEL.match(block, at)
+        if match is None:
+            raise ValueError(f"bad labels {{{block}}}")
+        value = match.group(2)
+        if "\\" in value:
+            value = re.sub(r"\\.", lambda m: _ESCAPES.get(m.group(0), m.group(0)), value)
+        labels[match.group(1)] = value
+        at = match.end()
+    return labels
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The samples of the gauges read here, by name. Only their lines are looked at (a vLLM page
+    holds hundreds of histogram lines): one regular-expression scan of the page, then each of
+    the few matching lines parsed as Prometheus's text format writes it."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {name: [] for name in _WANTED}
+    for match in _WANTED_LINE.finditer(text):
+        start = match.start()
+        if start and text[start - 1] != "\n":
+            continue  # inside another line (a label value, a comment)
+        line = match.group(0)
+        cut = min(i for i in (line.find("{"), line.find(" "), line.find("\t")) if i >= 0)
+        rest = _REST.match(line, cut)
+        if rest is None:
+            raise ValueError(f"bad sample line {line[:200]!r}")
+        labels = _labels(rest.group(1)) if rest.group(1) else {}
+        samples[line[:cut]].append((labels, float(rest.group(2))))
+    return samples
 
 
 def _values_for_model(samples: Iterable[tuple[dict[str, str], float]], model: str) -> list[float]:
@@ -65,12 +100,8 @@ def _values_for_model(samples: Iterable[tuple[dict[str, str], float]], model: st
 def parse_load(text: str, model: str, scraped_at: float) -> LoadSample:
     """The load in a vLLM ``/metrics`` page: request counts summed over the label sets (one per
     engine) of ``model``; KV-cache usage the fullest engine's, clamped to 0..1."""
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {name: [] for name in _WANTED}
     try:
-        for family in text_string_to_metric_families(_wanted_lines(text)):
-            for sample in family.samples:
-                if sample.name in samples:
-                    samples[sample.name].append((sample.labels, sample.value))
+        samples = _samples(text)
     except ValueError as err:
         raise NotVllmMetrics(f"unparsable metrics: {err}") from None
     if not samples[RUNNING] and not samples[WAITING]:
