@@ -7,6 +7,7 @@ import re
 
 from cic.billing.v1 import billing_pb2
 from tests.unit.dashboard.conftest import Dashboard, csrf_of
+from tests.unit.gateway.tcp_relay import TcpRelay
 
 SECRET = re.compile(r'<pre class="secret" id="new-key-secret">(sk-cic-[A-Za-z0-9_\-]+)</pre>')
 
@@ -159,3 +160,28 @@ async def test_signed_out_pages_lead_to_sign_in(dashboard: Dashboard) -> None:
     assert css.status == 200 and "@media" in css.text
     signin = await browser.get("/dashboard/sign-in")
     assert csrf_of(signin.text) == browser.cookie("cic_csrf")
+
+
+async def test_with_postgres_or_redis_down_pages_say_so_in_html(
+    start_dashboard, database_url: str, redis_url: str
+) -> None:
+    postgres = await TcpRelay(database_url).start()
+    redis = await TcpRelay(redis_url).start()
+    try:
+        dashboard: Dashboard = await start_dashboard(DATABASE_URL=postgres.url, REDIS_URL=redis.url)
+        browser, email = await dashboard.sign_in()
+        await redis.cut()
+        sent = await dashboard.request_link(dashboard.browser(), email)
+        assert sent.status == 503 and "unavailable" in sent.text
+        assert sent.headers["Content-Type"].startswith("text/html")
+        await redis.restore()
+        await postgres.cut()
+        for path in ("/dashboard/keys", "/dashboard/usage", "/dashboard/sign-in"):
+            page = await browser.get(path)
+            assert page.status == 503 and "unavailable" in page.text, path
+            assert "Traceback" not in page.text
+        await postgres.restore()
+        assert (await browser.get("/dashboard/keys")).status == 200
+    finally:
+        await postgres.cut()
+        await redis.cut()

@@ -71,6 +71,23 @@ async def problem(request: web.Request, status: int, title: str, detail: str) ->
     return await render(request, "problem.html", {"title": title, "detail": detail}, status)
 
 
+def unavailable(request: web.Request) -> web.Response:
+    """A 503 page made without Postgres or Redis (for when one of them is down)."""
+    page = request.app[TEMPLATES].get_template("problem.html")
+    response = web.Response(status=503, content_type="text/html", charset="utf-8")
+    response.text = page.render(
+        session=None,
+        active="",
+        csrf_field=CSRF_FIELD,
+        csrf_token="",
+        title="The dashboard is unavailable",
+        detail="Something it needs is down for a moment; try again in a minute.",
+    )
+    response.headers["Retry-After"] = "30"
+    secure_headers(request, response)
+    return response
+
+
 def see_other(request: web.Request, location: str) -> web.Response:
     """A 303 to ``location`` (a path of this site) after a form, as a plain answer: the gateway's
     error middleware must not turn it into JSON."""
