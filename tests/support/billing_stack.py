@@ -1,26 +1,22 @@
-"""The whole platform as real processes (cic_devstack's Stack) for the billing end-to-end tests,
-with settings of their own (a Redis prefix per test, Stripe pointed at a local fake), and the
-ledger and the usage outbox read straight from Postgres and Redis."""
+"""The platform for the billing end-to-end tests, with settings of their own (a Redis prefix per
+test, Stripe pointed at a local fake), and the ledger and the usage outbox read straight from
+Postgres and Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import secrets
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
 from cic_devstack.admin import AdminClient
-from cic_devstack.stack import Ports, Stack, StackConfig
-from tests.support.net import free_port
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
+from cic_devstack.stack import Stack
+from tests.support.platform import running_platform
 
 
 @contextlib.asynccontextmanager
@@ -31,32 +27,13 @@ async def billing_stack(
     env: Mapping[str, str],
     node_count: int = 1,
 ) -> AsyncIterator[Stack]:
-    """Starts the stack with ``env`` added to every process's environment; stops it after and
-    checks that every process exited 0."""
-    log_dir = ARTIFACTS / name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for old in log_dir.glob("*.log"):
-        old.unlink()
-    config = StackConfig(
-        database_url=database_url,
-        redis_url=redis_url,
-        admin_token=secrets.token_urlsafe(32),
-        bin_dir=Path(sys.executable).parent,
-        ports=Ports(*(free_port() for _ in range(8))),
-        log_dir=log_dir,
-        log_format="json",
-        node_count=node_count,
-        base_env={"PATH": str(Path(sys.executable).parent), "HOME": str(log_dir), **env},
-    )
-    stack = Stack(config)
-    await stack.start()
-    try:
+    """The platform (tests.support.platform) with ``env`` added to every process's environment,
+    its Redis keys under ``env``'s REDIS_KEY_PREFIX (else a fresh one); logs under e2e/<name>."""
+    prefix = env.get("REDIS_KEY_PREFIX") or f"cic-e2e-{secrets.token_hex(4)}:"
+    async with running_platform(
+        database_url, redis_url, prefix, f"e2e/{name}", env=env, node_count=node_count
+    ) as stack:
         yield stack
-    finally:
-        codes = await stack.stop()
-        assert all(code in (0, None) for code in codes.values()), (
-            f"services did not exit cleanly: {codes} (logs in {log_dir})"
-        )
 
 
 async def tenant_and_key(stack: Stack, name: str = "Acme") -> tuple[str, str]:
