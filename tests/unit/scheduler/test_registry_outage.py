@@ -67,3 +67,38 @@ async def test_an_unreachable_registry_is_unavailable_on_every_path(
     assert response.picks[0].id == 8 and response.picks[0].picked.node.id == "a"
     await requests.put(None)
     assert await asyncio.wait_for(route.read(), 10) is grpc.aio.EOF
+
+
+async def test_batched_picks_and_releases_survive_a_redis_that_lost_its_scripts(
+    start_scheduler: StartScheduler, own_redis: RestartableRedis
+) -> None:
+    """Batches go as EVALSHA in one pipeline; a Redis that restarted answers NOSCRIPT, and the
+    batch is sent again once the script is loaded — nothing is lost or taken twice."""
+    scheduler = await start_scheduler(REDIS_URL=own_redis.url)
+    await scheduler.register("a")
+    own_redis.stop()
+    own_redis.start()  # empty: no node, no scripts
+    await scheduler.register("a")
+    picks = [pb.RoutePick(id=i, request=pb.PickNodeRequest(model="m")) for i in range(1, 6)]
+
+    async def one(message: pb.RouteRequest) -> AsyncIterator[pb.RouteRequest]:
+        yield message
+
+    [response] = [r async for r in scheduler.stub.Route(one(pb.RouteRequest(picks=picks)))]
+    leases = [answer.picked.lease_id for answer in response.picks]
+    assert len(set(leases)) == 5 and "" not in leases
+    assert (await scheduler.nodes())["a"].in_flight == 5
+    own_redis.stop()
+    own_redis.start()
+    await scheduler.register("a")  # the registry is empty again; re-registered, no leases
+    fresh = [(await scheduler.pick()).lease_id for _ in range(2)]  # after the second restart
+    await scheduler.stub.ReleaseNodes(
+        pb.ReleaseNodesRequest(
+            releases=[pb.ReleaseNodeRequest(lease_id=lease) for lease in leases]  # unknown now
+        )
+    )
+    assert (await scheduler.nodes())["a"].in_flight == 2  # the old leases were unknown: ignored
+    await scheduler.stub.ReleaseNodes(
+        pb.ReleaseNodesRequest(releases=[pb.ReleaseNodeRequest(lease_id=lease) for lease in fresh])
+    )
+    assert (await scheduler.nodes())["a"].in_flight == 0

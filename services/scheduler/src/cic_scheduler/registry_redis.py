@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from cic_scheduler.nodes import (
     BreakerState,
@@ -88,6 +88,35 @@ class RedisNodeRegistry(NodeRegistry):
     async def _run(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
         with _reachable():
             return await self._scripts[name](keys=list(keys), args=[self.prefix, *args])
+
+    async def _run_many(self, name: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Script ``name`` once per ``(keys, args)``, all in one round trip (each run atomic).
+
+        EVALSHA straight into the pipeline: redis-py's own pipelined scripts cost a SCRIPT EXISTS
+        round trip before every pipeline. Runs Redis answers NOSCRIPT for (it lost its scripts:
+        a restart, SCRIPT FLUSH) did not run; they are sent again once the script is loaded."""
+        script = self._scripts[name]
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in pending:
+                    keys, args = calls[i]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                answers = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(pending, answers, strict=True):
+                if isinstance(answer, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    replies[i] = answer
+            if not missing:
+                break
+            script.sha = await self._redis.script_load(script.script)
+            pending = missing
+        return replies
 
     def _view(self, reply: Sequence[Any], now: float) -> NodeView:
         node_id, in_flight, flat = reply
@@ -215,15 +244,13 @@ class RedisNodeRegistry(NodeRegistry):
         if len(picks) == 1:
             return await super().acquire_many(picks)
         now = self._clock()
-        script = self._scripts["pick"]
-        lease_ids = []
+        lease_ids, calls = [], []
+        for request, policy in picks:
+            lease_id, keys, args = self._pick_call(request, policy, now)
+            lease_ids.append(lease_id)
+            calls.append((keys, args))
         with _reachable():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for request, policy in picks:
-                    lease_id, keys, args = self._pick_call(request, policy, now)
-                    lease_ids.append(lease_id)
-                    await script(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
+            replies = await self._run_many("pick", calls)
         results: list[Lease | SchedulerError] = []
         for (request, _), lease_id, reply in zip(picks, lease_ids, replies, strict=True):
             try:
@@ -238,13 +265,12 @@ class RedisNodeRegistry(NodeRegistry):
     async def release_many(self, returns: Sequence[tuple[str, Outcome]]) -> list[Release]:
         """Every release its own script (atomic each), all sent in one round trip."""
         now = self._clock()
-        script = self._scripts["release"]
+        calls: list[tuple[list[str], list[Any]]] = [
+            ([], [self.prefix, lease_id, outcome.value, now, self._breaker_failures])
+            for lease_id, outcome in returns
+        ]
         with _reachable():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for lease_id, outcome in returns:
-                    args = [self.prefix, lease_id, outcome.value, now, self._breaker_failures]
-                    await script(keys=[], args=args, client=pipe)
-                replies = await pipe.execute()
+            replies = await self._run_many("release", calls)
         return [self._release(reply, now) for reply in replies]
 
     def _release(self, reply: Sequence[Any], now: float) -> Release:
