@@ -230,6 +230,10 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
         return list(self.events)
 
 
+# The one node token the fake orchestrator takes (for the node API under /internal/nodes/).
+FAKE_NODE_TOKEN = "cic-node-" + "a" * 43
+
+
 class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
@@ -272,6 +276,21 @@ class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             id=request.node_id, model="m", state=orchestrator_pb2.NODE_STATE_DRAINING
         )
         return orchestrator_pb2.TerminateNodeResponse(node=node)
+
+    async def _agent(self, method, request, context):
+        self.calls.append((method, request))
+        if request.token != FAKE_NODE_TOKEN:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the node token is not valid")
+        return orchestrator_pb2.AgentResponse(state=orchestrator_pb2.NODE_STATE_READY)
+
+    async def AgentRegister(self, request, context):
+        return await self._agent("AgentRegister", request, context)
+
+    async def AgentHeartbeat(self, request, context):
+        return await self._agent("AgentHeartbeat", request, context)
+
+    async def AgentPreempted(self, request, context):
+        return await self._agent("AgentPreempted", request, context)
 
 
 @dataclass

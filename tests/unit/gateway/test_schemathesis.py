@@ -36,10 +36,10 @@ from cic_vllm_sim.app import create_app as create_sim_app
 from cic_vllm_sim.config import SimConfig
 from tests.support.net import free_port
 from tests.unit.gateway.conftest import ADMIN_TOKEN, Gateway, StartGateway
-from tests.unit.gateway.fakes import FakeServices
+from tests.unit.gateway.fakes import FAKE_NODE_TOKEN, FakeServices
 
 SIM_MODEL = "cic-sim-small"
-FAKE_NODE_ID = "node-1"  # the fake orchestrator knows the ids that start with "node-"
+FAKE_NODE_ID = "node-0123456789ab"  # the fake orchestrator knows the ids that start with "node-"
 EXAMPLES_PER_OPERATION = 20
 STREAM_EXAMPLES = 8
 DOCUMENT_EXAMPLES = 5  # at most; there are fewer of them
@@ -90,6 +90,8 @@ def _credentials(operation: APIOperation, target: Target) -> dict[str, str]:
         return {"Authorization": f"Bearer {target.api_key}"}
     if operation.path.startswith("/admin/"):
         return {"X-Admin-Token": ADMIN_TOKEN}
+    if operation.path.startswith("/internal/nodes/"):
+        return {"Authorization": f"Bearer {FAKE_NODE_TOKEN}"}
     return {}
 
 

@@ -66,7 +66,7 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 async def control_plane() -> AsyncIterator[FakeControlPlane]:
     fake = FakeControlPlane()
     app = web.Application()
-    app.router.add_post("/v1/nodes/{node_id}/{call}", fake.handle)
+    app.router.add_post("/internal/nodes/{node_id}/{call}", fake.handle)
     runner, fake.url = await _serve(app)
     yield fake
     await runner.cleanup()

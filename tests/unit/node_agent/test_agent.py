@@ -66,7 +66,7 @@ async def test_registers_after_vllm_heartbeats_and_reports_the_notice_at_once(
             vllm.healthy = True
             await eventually((lambda: control_plane.paths().count("heartbeat") >= 2), "beats")
             first = control_plane.calls[0]
-            assert first.path == f"/v1/nodes/{NODE_ID}/register"
+            assert first.path == f"/internal/nodes/{NODE_ID}/register"
             assert first.authorization == f"Bearer {TOKEN}"
             assert first.body == {"agent_version": "0.1.0"}
             assert control_plane.calls[1].body == {"vllm_healthy": True}

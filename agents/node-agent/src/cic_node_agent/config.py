@@ -19,7 +19,7 @@ class AgentSettings(BaseModel):
 
     node_id: str = Field(pattern=r"^node-[0-9a-f]{12}$")
     node_token: SecretStr
-    # The gateway's public URL; the agent calls its node API under /v1/nodes/{id}/.
+    # The gateway's public URL; the agent calls its node API under /internal/nodes/{id}/.
     control_plane_url: str
     vllm_url: str = "http://127.0.0.1:8000"
     # Whose spot-termination notice to watch: auto finds out from the metadata services.

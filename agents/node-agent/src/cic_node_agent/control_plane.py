@@ -1,4 +1,4 @@
-"""The gateway's node API as the agent calls it: ``POST /v1/nodes/{id}/register``,
+"""The gateway's node API as the agent calls it: ``POST /internal/nodes/{id}/register``,
 ``/heartbeat`` and ``/preemption``, authenticated with the node's own token."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class ControlPlaneError(Exception):
 
 class ControlPlane:
     def __init__(self, settings: AgentSettings, session: aiohttp.ClientSession) -> None:
-        self._base = f"{settings.control_plane_url}/v1/nodes/{settings.node_id}"
+        self._base = f"{settings.control_plane_url}/internal/nodes/{settings.node_id}"
         self._auth = {"Authorization": f"Bearer {settings.node_token.get_secret_value()}"}
         self._session = session
 

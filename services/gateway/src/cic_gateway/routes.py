@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cic_gateway import admin, admin_ops, admin_prices, health, openai_api, openapi, stripe_webhook
+from cic_gateway import (
+    admin,
+    admin_ops,
+    admin_prices,
+    health,
+    node_api,
+    openai_api,
+    openapi,
+    stripe_webhook,
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -36,6 +45,10 @@ def setup_routes(app: web.Application) -> None:
             web.get("/admin/prices", admin_prices.list_prices, allow_head=False),
             web.put(r"/admin/prices/{model:.+}", admin_prices.set_price),
             web.delete(r"/admin/prices/{model:.+}", admin_prices.delete_price),
+            # The node agent's calls from GPU nodes (a per-node token).
+            web.post("/internal/nodes/{node_id:[^/]+}/register", node_api.register),
+            web.post("/internal/nodes/{node_id:[^/]+}/heartbeat", node_api.heartbeat),
+            web.post("/internal/nodes/{node_id:[^/]+}/preemption", node_api.preemption),
             # Stripe's events (signed; no API key or admin token).
             web.post("/webhooks/stripe", stripe_webhook.stripe_webhook),
         ]
