@@ -7,8 +7,10 @@ duplicates included. Failures are injected per path: ``fail("/v1/billing/meter_e
 500)`` makes the next two requests there answer 429 then 500. Like Stripe, it refuses a meter
 event whose identifier it already holds with HTTP 400 "An event already exists with identifier
 …", replays a customer creation that repeats an idempotency key, and sums meter events per
-customer in ``/v1/billing/meters/{id}/event_summaries``. It also signs webhook deliveries the way
-Stripe does (``Stripe-Signature: t=…,v1=HMAC-SHA256(secret, "t.body")``).
+customer in ``/v1/billing/meters/{id}/event_summaries``, and opens customer-portal sessions
+(``/v1/billing_portal/sessions``) for customers it holds, or refuses them as Stripe does when no
+portal configuration is saved (``portal_configured = False``). It also signs webhook deliveries
+the way Stripe does (``Stripe-Signature: t=…,v1=HMAC-SHA256(secret, "t.body")``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class FakeStripe:
     requests: list[Received] = field(default_factory=list)
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     meter_events: dict[str, MeterEvent] = field(default_factory=dict)
+    portal_sessions: list[dict[str, Any]] = field(default_factory=list)
+    # False: portal sessions are refused as in an account whose portal was never configured.
+    portal_configured: bool = True
     _failures: dict[str, deque[int]] = field(default_factory=lambda: defaultdict(deque))
     _replays: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -67,6 +72,7 @@ class FakeStripe:
         app = web.Application()
         app.router.add_post("/v1/customers", self._create_customer)
         app.router.add_post("/v1/billing/meter_events", self._create_meter_event)
+        app.router.add_post("/v1/billing_portal/sessions", self._create_portal_session)
         app.router.add_get("/v1/billing/meters", self._list_meters)
         app.router.add_get("/v1/billing/meters/{id}/event_summaries", self._summaries)
         self._runner = web.AppRunner(app, access_log=None)
@@ -162,6 +168,39 @@ class FakeStripe:
         if key:
             self._replays[key] = customer
         return self._answer(request, form, 200, customer)
+
+    async def _create_portal_session(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        injected = self._injected(request, form, request.path)
+        if injected is not None:
+            return injected
+        customer = form.get("customer", "")
+        if customer not in self.customers:
+            message = f"No such customer: '{customer}'"
+            return self._answer(request, form, 400, self._invalid(message))
+        if not self.portal_configured:
+            message = (
+                "No configuration provided and your test mode default configuration has not been"
+                " created. Provide a configuration or create your default by saving your customer"
+                " portal settings in test mode at https://dashboard.stripe.com/test/settings/billing/portal."
+            )
+            return self._answer(request, form, 400, self._invalid(message))
+        number = next(self._ids)
+        session = {
+            "id": f"bps_fake{number}",
+            "object": "billing_portal.session",
+            "configuration": "bpc_fake_default",
+            "created": int(time.time()),
+            "customer": customer,
+            "flow": None,
+            "livemode": False,
+            "locale": None,
+            "on_behalf_of": None,
+            "return_url": form.get("return_url"),
+            "url": f"https://billing.stripe.com/p/session/test_fake{number}",
+        }
+        self.portal_sessions.append(session)
+        return self._answer(request, form, 200, session)
 
     async def _create_meter_event(self, request: web.Request) -> web.Response:
         form = await self._form(request)

@@ -33,6 +33,7 @@ async def test_migrations_create_the_schema_once(database_url: str) -> None:
     assert [(version, name) for version, name, _ in first] == [
         (1, "0001_usage_ledger.sql"),
         (2, "0002_stripe.sql"),
+        (3, "0003_billing_account.sql"),
     ]
 
     async with running_billing(database_url):

@@ -168,20 +168,28 @@ class StripeReporter:
         results = await asyncio.gather(*(one_tenant(r) for r in by_tenant.values()))
         return sum(s for s, _ in results), sum(f for _, f in results)
 
-    async def _customer(self, report: DueReport) -> str:
-        if report.customer_id:
-            return report.customer_id
-        stored = await self._store.customer(report.tenant_id)
+    async def customer(self, tenant_id: str, known: str | None = None) -> str:
+        """The tenant's Stripe customer: ``known``, else the stored one, else a new one (created
+        with an idempotency key, stored unless a concurrent creation stored one first)."""
+        if known:
+            return known
+        stored = await self._store.customer(tenant_id)
         if stored:
             return stored
-        created = await self._api.create_customer(report.tenant_id)
+        created = await self._api.create_customer(tenant_id)
         self._metrics.stripe_customers_created.inc()
-        return await self._store.save_customer(report.tenant_id, created)
+        return await self._store.save_customer(tenant_id, created)
+
+    async def portal_session(self, tenant_id: str, return_url: str) -> tuple[str, str]:
+        """A customer-portal session for the tenant (its customer created first if it has none):
+        ``(url, customer id)``."""
+        customer = await self.customer(tenant_id)
+        return await self._api.create_portal_session(customer, return_url), customer
 
     async def _send_tenant(self, reports: list[DueReport]) -> tuple[int, int]:
         """The tenant's reports in order, one at a time; stops at the first that must wait."""
         try:
-            customer = await self._customer(reports[0])
+            customer = await self.customer(reports[0].tenant_id, reports[0].customer_id)
         except TransientStripeError as err:
             for report in reports:
                 await self._later(report, str(err))

@@ -64,3 +64,10 @@ class BillingMetrics:
             ["result"],
             registry=registry,
         )
+        self.portal_sessions = Counter(
+            "cic_billing_stripe_portal_sessions_total",
+            "CreatePortalSession calls, by result (created, unavailable: Stripe unreachable,"
+            " refused: Stripe refused)",
+            ["result"],
+            registry=registry,
+        )

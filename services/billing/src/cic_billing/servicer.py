@@ -1,5 +1,6 @@
 """``cic.billing.v1.BillingService``: records usage events once each and sums them per tenant
-(prices, webhooks and reconciliation are in :mod:`cic_billing.servicer_admin`)."""
+(prices, webhooks and reconciliation are in :mod:`cic_billing.servicer_admin`, a tenant's
+billing account and portal sessions in :mod:`cic_billing.servicer_accounts`)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,19 @@ from cic_billing.events import InvalidBatchError, text_problem, to_datetime, to_
 from cic_billing.ledger import TRANSIENT_DB_ERRORS, Ledger, UsageSums
 from cic_billing.metrics import BillingMetrics
 from cic_billing.pricing import NoPriceError, PriceBook
+from cic_billing.servicer_accounts import AccountRpcs
 from cic_billing.servicer_admin import AdminRpcs, StripeParts
 
 log = logging.getLogger(__name__)
 
 
-class BillingServicer(AdminRpcs, billing_pb2_grpc.BillingServiceServicer):
+class BillingServicer(AccountRpcs, AdminRpcs, billing_pb2_grpc.BillingServiceServicer):
     def __init__(
         self, ledger: Ledger, prices: PriceBook, metrics: BillingMetrics, stripe: StripeParts
     ) -> None:
         super().__init__(prices, metrics, stripe)
         self._ledger = ledger
+        self._pool = prices.pool
 
     async def RecordUsage(
         self, request: billing_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext

@@ -132,6 +132,18 @@ class StripeApi:
         )
         return str(customer.id)
 
+    async def create_portal_session(self, customer_id: str, return_url: str) -> str:
+        """The URL of a new customer-portal session for the customer (Stripe's default portal
+        configuration), paced and retried like every call. A retried creation makes a second
+        session at worst, which is harmless: a session is only a short-lived link."""
+        session = await self._call(
+            "create portal session",
+            lambda: self._client.v1.billing_portal.sessions.create_async(
+                params={"customer": customer_id, "return_url": return_url}
+            ),
+        )
+        return str(session.url)
+
     async def send_meter_event(
         self, identifier: str, customer_id: str, value: int, timestamp: int
     ) -> MeterResult:

@@ -1,0 +1,119 @@
+"""The tenant-facing Stripe RPCs of ``cic.billing.v1.BillingService``: a tenant's billing
+account, and customer-portal sessions."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+import asyncpg
+import grpc
+import stripe
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cic.billing.v1 import billing_pb2
+from cic_billing.accounts import STATUS_BY_EVENT, read_account, tenant_id_problem
+from cic_billing.ledger import TRANSIENT_DB_ERRORS
+from cic_billing.metering import StripeReporter
+from cic_billing.metrics import BillingMetrics
+from cic_billing.stripe_api import TransientStripeError
+
+log = logging.getLogger(__name__)
+
+MAX_RETURN_URL_CHARS = 2000
+
+
+def return_url_problem(url: str) -> str | None:
+    """Why Stripe should not send the tenant back to ``url``, or None."""
+    if not url:
+        return "return_url is empty"
+    if len(url) > MAX_RETURN_URL_CHARS:
+        return f"return_url is longer than {MAX_RETURN_URL_CHARS} characters"
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "return_url contains a space or a control character"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "return_url is not a URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "return_url must be an absolute http:// or https:// URL"
+    return None
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # it always raises AbortError
+
+
+def _stamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+class AccountRpcs:
+    """Set by the servicer that mixes this in."""
+
+    _pool: asyncpg.Pool
+    _reporter: StripeReporter | None  # None: no STRIPE_API_KEY
+    _metrics: BillingMetrics
+
+    async def GetBillingAccount(
+        self, request: billing_pb2.GetBillingAccountRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.BillingAccount:
+        problem = tenant_id_problem(request.tenant_id)
+        if problem:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            account = await read_account(self._pool, request.tenant_id)
+        except TRANSIENT_DB_ERRORS:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "billing's database is unavailable")
+        return billing_pb2.BillingAccount(
+            tenant_id=request.tenant_id,
+            stripe_enabled=self._reporter is not None,
+            customer_id=account.customer_id or "",
+            status=STATUS_BY_EVENT.get(
+                account.status_event_type or "", billing_pb2.BILLING_STATUS_UNSPECIFIED
+            ),
+            status_event_type=account.status_event_type or "",
+            status_changed_at=_stamp(account.status_changed_at),
+            last_payment_failed_at=_stamp(account.last_payment_failed_at),
+        )
+
+    async def CreatePortalSession(
+        self, request: billing_pb2.CreatePortalSessionRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.CreatePortalSessionResponse:
+        problem = tenant_id_problem(request.tenant_id) or return_url_problem(request.return_url)
+        if problem:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        reporter = self._reporter
+        if reporter is None:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "billing has no Stripe key")
+        try:
+            url, customer = await reporter.portal_session(request.tenant_id, request.return_url)
+        except TRANSIENT_DB_ERRORS:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "billing's database is unavailable")
+        except TransientStripeError as err:
+            self._metrics.portal_sessions.labels("unavailable").inc()
+            log.warning("no portal session for tenant %s: %s", request.tenant_id, err)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "Stripe cannot be reached; retry")
+        except stripe.StripeError as err:
+            self._metrics.portal_sessions.labels("refused").inc()
+            reason = f"{type(err).__name__} (HTTP {err.http_status}): {err.user_message or err}"
+            log.error(
+                "Stripe refused a portal session for tenant %s: %s", request.tenant_id, reason
+            )
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Stripe refused the session: {reason}",
+            )
+        self._metrics.portal_sessions.labels("created").inc()
+        log.info("portal session for tenant %s (customer %s)", request.tenant_id, customer)
+        return billing_pb2.CreatePortalSessionResponse(url=url, customer_id=customer)
