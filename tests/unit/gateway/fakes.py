@@ -162,6 +162,15 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
         self.webhook_reply = billing_pb2.StripeWebhookResponse(event_id="evt_fake")
         self.webhook_error: tuple[grpc.StatusCode, str] | None = None
         self.confirmed: list[str] = []
+        # GetBillingAccount answers account_reply (Stripe off by default) for the tenant asked
+        # about; CreatePortalSession a session URL naming the tenant, or FAILED_PRECONDITION with
+        # Stripe off. Either refuses with its *_error when set.
+        self.account_queries: list[billing_pb2.GetBillingAccountRequest] = []
+        self.account_reply = billing_pb2.BillingAccount()
+        self.account_error: tuple[grpc.StatusCode, str] | None = None
+        self.portal_requests: list[billing_pb2.CreatePortalSessionRequest] = []
+        self.portal_url = "https://billing.stripe.com/p/session/test_fake"
+        self.portal_error: tuple[grpc.StatusCode, str] | None = None
         self._arrived = asyncio.Condition()
 
     async def RecordUsage(self, request, context):
@@ -220,6 +229,25 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
         self.confirmed.append(request.event_id)
         return billing_pb2.ConfirmStripeEventResponse()
 
+    async def GetBillingAccount(self, request, context):
+        self.account_queries.append(request)
+        if self.account_error is not None:
+            await context.abort(*self.account_error)
+        reply = billing_pb2.BillingAccount()
+        reply.CopyFrom(self.account_reply)
+        reply.tenant_id = request.tenant_id
+        return reply
+
+    async def CreatePortalSession(self, request, context):
+        self.portal_requests.append(request)
+        if self.portal_error is not None:
+            await context.abort(*self.portal_error)
+        if not self.account_reply.stripe_enabled:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "billing has no Stripe key")
+        return billing_pb2.CreatePortalSessionResponse(
+            url=f"{self.portal_url}_{request.tenant_id}", customer_id=f"cus_{request.tenant_id}"
+        )
+
     async def wait_for_events(
         self, count: int, timeout: float = 10.0
     ) -> list[billing_pb2.UsageEvent]:
@@ -276,6 +304,14 @@ class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             id=request.node_id, model="m", state=orchestrator_pb2.NODE_STATE_DRAINING
         )
         return orchestrator_pb2.TerminateNodeResponse(node=node)
+
+    async def ListNodes(self, request, context):
+        node = orchestrator_pb2.ManagedNode(
+            id="node-a",
+            state=orchestrator_pb2.NODE_STATE_READY,
+            health=orchestrator_pb2.NODE_HEALTH_HEALTHY,
+        )
+        return orchestrator_pb2.ListNodesResponse(nodes=[node])
 
     async def _agent(self, method, request, context):
         self.calls.append((method, request))

@@ -100,6 +100,7 @@ async def test_nodes_come_from_the_scheduler(gateway: Gateway) -> None:
             "state": "ready",
             "in_flight": 0,
             "healthy": True,
+            "health": "healthy",  # the orchestrator's three-signal judgement
         },
         {
             "id": "node-b",
@@ -108,6 +109,7 @@ async def test_nodes_come_from_the_scheduler(gateway: Gateway) -> None:
             "state": "launching",
             "in_flight": 0,
             "healthy": False,
+            "health": None,  # not judged by the orchestrator
         },
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import asyncpg
 import grpc
@@ -170,9 +171,12 @@ async def test_clusters_outlive_a_restart_and_orphans_are_torn_down(
     finally:
         await pool.close()
 
+    started = time.monotonic()
     second: Orchestrator = await start_orchestrator(
-        **skypilot_env(skypilot, RECONCILE_INTERVAL_S="0.2")
+        **skypilot_env(skypilot, RECONCILE_INTERVAL_S="0.2", ORPHAN_GRACE_S="1")
     )
+    # Not before the grace period: a cluster may belong to a launch being recorded.
+    assert {"cic-node-0000000000ff", "cic-node-0000000000fe"} <= skypilot.clusters.keys()
     again = await second.wait_state(node_id, pb.NODE_STATE_READY)
     assert again.endpoint == node.endpoint
     resumed = await second.wait_state("node-0000000000fd", pb.NODE_STATE_READY)
@@ -182,6 +186,7 @@ async def test_clusters_outlive_a_restart_and_orphans_are_torn_down(
         return not ({"cic-node-0000000000ff", "cic-node-0000000000fe"} & skypilot.clusters.keys())
 
     await eventually(now(orphans_gone), "orphan clusters torn down")
+    assert time.monotonic() - started >= 1.0
     assert {f"cic-{node_id}", pending_cluster, "someone-elses-cluster"} <= skypilot.clusters.keys()
 
 

@@ -14,7 +14,16 @@ import yaml
 
 from cic_orchestrator.__main__ import main
 from cic_orchestrator.nodes import InvalidNodeRequest
-from cic_orchestrator.task import DEFAULT_VLLM_VERSION, check_task
+from cic_orchestrator.task import (
+    DEFAULT_VLLM_VERSION,
+    AgentIdentity,
+    TaskSettings,
+    check_task,
+    render_yaml,
+    task_config,
+)
+
+NODE = "node-0123456789ab"
 
 COMMAND = str(Path(sys.executable).parent / "cic-orchestrator")
 
@@ -213,3 +222,57 @@ def test_a_bad_vllm_version_is_named(tmp_path: Path) -> None:
         "configuration error: VLLM_VERSION is invalid: Value error, "
         "must be a vLLM release such as 0.33.0"
     ]
+
+
+def test_the_task_installs_and_starts_the_node_agent_with_its_token_as_a_secret(
+    tmp_path: Path,
+) -> None:
+    token = "cic-node-" + "Ab_-" * 10 + "xyz"
+    settings = TaskSettings(control_plane_url="https://api.example.com")
+    task = check_task("meta-llama/Llama-3.1-8B-Instruct", "H100:1", "gcp/us-central1")
+    config = task_config(task, settings, "cic-node-0123456789ab", AgentIdentity(NODE, token))
+    text = render_yaml(config)
+    loaded = _load_with_skypilot(text, tmp_path)
+    assert loaded.envs == {
+        "CIC_NODE_ID": NODE,
+        "CIC_CONTROL_PLANE_URL": "https://api.example.com",
+        "CIC_VLLM_URL": "http://127.0.0.1:8000",
+        "CIC_NODE_CLOUD": "gcp",
+    }
+    assert {k: v.get_secret_value() for k, v in loaded.secrets.items()} == {"CIC_NODE_TOKEN": token}
+    assert shlex.split(loaded.setup) == [
+        "pip",
+        "install",
+        f"vllm=={DEFAULT_VLLM_VERSION}",
+        "cic-node-agent==0.1.0",
+    ]
+    first, second = loaded.run.splitlines()
+    assert first == "cic-node-agent &"  # in the background; vLLM is the job's main process
+    assert shlex.split(second)[:4] == ["exec", "vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert token not in loaded.run and token not in loaded.setup
+    # Without a control-plane URL the node runs no agent and gets no token.
+    plain = task_config(task, TaskSettings(), "cic-node-0123456789ab", AgentIdentity(NODE, token))
+    assert "secrets" not in plain and "envs" not in plain and "agent" not in plain["run"]
+
+
+@pytest.mark.parametrize(
+    ("node_id", "token"),
+    [("node-0123456789ab", "cic-node-short"), ("node-x; reboot", "cic-node-" + "a" * 43)],
+)
+def test_a_malformed_agent_identity_is_refused(node_id: str, token: str) -> None:
+    with pytest.raises(InvalidNodeRequest, match="node agent's id or token is malformed"):
+        AgentIdentity(node_id, token)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("control_plane_url", "https://api.example.com/$(id)"),
+        ("control_plane_url", "ftp://api.example.com"),
+        ("agent_package", "cic-node-agent; curl evil"),
+        ("agent_package", "http://plain.example.com/a.whl"),
+    ],
+)
+def test_agent_settings_are_checked(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        TaskSettings(**{field: value})

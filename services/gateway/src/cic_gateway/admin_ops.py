@@ -3,6 +3,7 @@ the scheduler and the orchestrator) and the audit log."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -118,14 +119,37 @@ def _managed_node_json(node: orchestrator_pb2.ManagedNode) -> dict[str, Any]:
         "cloud": node.cloud,
         "vllm_args": list(node.vllm_args),
         "failure_reason": node.failure_reason,
+        "health": _health(node.health),
+        "use_spot": node.use_spot,
+        "replaces": node.replaces,
     }
 
 
+async def _health_by_node(request: web.Request) -> dict[str, str | None]:
+    """Each managed node's health as the orchestrator judges it; empty when it cannot say."""
+    try:
+        reply = await request.app[SERVICES].orchestrator.ListNodes(
+            orchestrator_pb2.ListNodesRequest()
+        )
+    except grpc.aio.AioRpcError:
+        return {}
+    return {node.id: _health(node.health) for node in reply.nodes}
+
+
+def _health(value: int) -> str | None:
+    if value == orchestrator_pb2.NODE_HEALTH_UNSPECIFIED:
+        return None
+    return orchestrator_pb2.NodeHealth.Name(value).removeprefix("NODE_HEALTH_").lower()  # type: ignore[arg-type]
+
+
 async def list_nodes(request: web.Request) -> web.Response:
+    health = asyncio.create_task(_health_by_node(request))
     try:
         nodes = await request.app[SERVICES].scheduler.list_nodes()
     except grpc.aio.AioRpcError as err:
+        health.cancel()
         raise from_grpc_error(err, "scheduler") from None
+    by_node = await health
     return json_response(
         listing(
             [
@@ -136,6 +160,7 @@ async def list_nodes(request: web.Request) -> web.Response:
                     "state": _state(n.state),
                     "in_flight": n.in_flight,
                     "healthy": n.healthy,
+                    "health": by_node.get(n.id),
                 }
                 for n in nodes
             ]

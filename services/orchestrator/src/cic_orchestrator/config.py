@@ -38,6 +38,8 @@ class Settings(GrpcServiceSettings):
     # How often /health is polled while a node launches (and the scheduler while one drains).
     health_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # How long one probe of a node's /health may take before it counts as failed.
+    health_probe_timeout_s: float = Field(default=2.0, gt=0, le=60)
     # A draining node is terminated when its in-flight count reaches 0 or after this long.
     drain_timeout_s: float = Field(default=300.0, ge=0, le=86400)
     # How often the leader looks for clusters no node owns and retries stuck terminations.

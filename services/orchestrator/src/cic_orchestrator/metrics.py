@@ -48,7 +48,18 @@ class OrchestratorMetrics:
             "1 while this replica holds the leader lock and is active, else 0",
             registry=registry,
         )
+        self.node_health = Gauge(
+            "cic_orchestrator_node_health",
+            "Ready nodes by health from three signals (agent heartbeats, /health probes, "
+            "the provider's status): healthy, degraded, suspect",
+            ["health"],
+            registry=registry,
+        )
         self._seen: set[tuple[str, str]] = set()
+
+    def set_health_counts(self, counts: Mapping[str, int]) -> None:
+        for health in ("healthy", "degraded", "suspect"):
+            self.node_health.labels(health).set(counts.get(health, 0))
 
     def set_node_counts(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Sets the node gauge to ``counts``; label pairs seen before and now absent go to 0."""

@@ -25,7 +25,7 @@ from cic_orchestrator.providers import build_providers
 from cic_orchestrator.scheduler_client import SchedulerClient
 from cic_orchestrator.servicer import OrchestratorServicer
 from cic_orchestrator.store import NodeStore
-from cic_orchestrator.supervision import Supervisor
+from cic_orchestrator.supervision import HealthRules, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class OrchestratorService:
         self.grpc = GrpcServer(GrpcMetrics(registry))
         self.providers = build_providers(settings)
         self.scheduler = SchedulerClient(settings.scheduler_addr)
-        self.probe = HealthProbe()
+        self.probe = HealthProbe(settings.health_probe_timeout_s)
         self.election = LeaderElection(settings.database_url, settings.leader_poll_interval_s)
         self._pool = None
         self.lifecycle: NodeLifecycle | None = None
@@ -76,6 +76,9 @@ class OrchestratorService:
             self.lifecycle,
             s.heartbeat_interval_s,
             s.reconcile_interval_s,
+            self.probe,
+            self.metrics,
+            HealthRules(s.agent_silent_after_s, s.node_dead_after_s),
         )
         self.autoscaler = Autoscaler(
             policies,

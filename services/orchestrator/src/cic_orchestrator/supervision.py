@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import grpc
 
+from cic_orchestrator.health import Signals, judge, takes_traffic
+from cic_orchestrator.health_probe import HealthProbe
 from cic_orchestrator.lifecycle import NodeLifecycle
-from cic_orchestrator.nodes import LIVE_STATES, NodeRecord, NodeState
+from cic_orchestrator.metrics import OrchestratorMetrics
+from cic_orchestrator.nodes import LIVE_STATES, NodeHealth, NodeRecord, NodeState
 from cic_orchestrator.providers import Providers
 from cic_orchestrator.scheduler_client import SchedulerClient, is_unreachable
 from cic_orchestrator.store import NodeStore
@@ -19,6 +25,12 @@ from cic_orchestrator.store import NodeStore
 log = logging.getLogger(__name__)
 
 LOST_ON_RESTART = "lost: orchestrator restarted"
+
+
+@dataclass(frozen=True)
+class HealthRules:
+    agent_silent_after_s: float = 30.0
+    dead_after_s: float = 120.0
 
 
 class Supervisor:
@@ -30,7 +42,13 @@ class Supervisor:
         lifecycle: NodeLifecycle,
         heartbeat_interval_s: float,
         reconcile_interval_s: float = 60.0,
+        probe: HealthProbe | None = None,
+        metrics: OrchestratorMetrics | None = None,
+        rules: HealthRules = HealthRules(),
     ) -> None:
+        self._probe = probe or HealthProbe()
+        self._metrics = metrics
+        self._rules = rules
         self._store = store
         self._providers = providers
         self._scheduler = scheduler
@@ -105,9 +123,12 @@ class Supervisor:
                 log.exception("heartbeat round failed")
 
     async def heartbeat_once(self) -> None:
-        """For each ready node no task owns: fails it if its process is gone, else heartbeats
-        it, registering it again when the scheduler has forgotten it."""
+        """For each ready node no task owns: judges its health from the three signals (see
+        :mod:`cic_orchestrator.health`); a dead node fails (and is replaced), a healthy one is
+        heartbeated to the scheduler (registered again when it was forgotten or out of
+        rotation), any other is kept out of the scheduler's rotation."""
         scheduler_reachable = True
+        counts: Counter[str] = Counter()
         for record in await self._store.list((NodeState.READY,)):
             if self._lifecycle.busy(record.id):
                 continue
@@ -115,15 +136,46 @@ class Supervisor:
             if provider is None:
                 continue
             status = await provider.status(record.id, record.provider_handle)
-            if not status.alive:
-                await self._lifecycle.fail(record, status.reason, (NodeState.READY,))
-            elif scheduler_reachable:
-                scheduler_reachable = await self._heartbeat(record)
+            probe_ok = status.alive and await self._probe.is_healthy(record.endpoint)
+            health = judge(
+                _signals(record, status.alive, probe_ok),
+                self._rules.agent_silent_after_s,
+                self._rules.dead_after_s,
+            )
+            await self._store.set_health(record.id, health, probe_ok)
+            if health is not record.health:
+                log.info("node %s: %s -> %s", record.id, record.health or "new", health)
+            if health is NodeHealth.DEAD:
+                reason = status.reason if not status.alive else "/health and agent silent"
+                await self._lifecycle.fail(record, reason, (NodeState.READY,))
+                continue
+            counts[health.value] += 1
+            if not scheduler_reachable:
+                continue
+            if takes_traffic(health):
+                was_out = not takes_traffic(record.health)
+                scheduler_reachable = await self._heartbeat(record, back_in_rotation=was_out)
+            else:
+                scheduler_reachable = await self._out_of_rotation(record)
+        if self._metrics is not None:
+            self._metrics.set_health_counts(counts)
 
-    async def _heartbeat(self, record: NodeRecord) -> bool:
+    async def _out_of_rotation(self, record: NodeRecord) -> bool:
+        try:
+            await self._scheduler.drain(record.id)
+        except grpc.aio.AioRpcError as err:
+            if is_unreachable(err):
+                return False
+            log.warning("node %s: cannot take it out of rotation: %s", record.id, err.code().name)
+        return True
+
+    async def _heartbeat(self, record: NodeRecord, back_in_rotation: bool = False) -> bool:
         """False when the scheduler cannot be reached (the rest of the round skips it)."""
         try:
-            if not await self._scheduler.heartbeat(record.id):
+            if back_in_rotation:
+                log.info("node %s: healthy again; back in rotation", record.id)
+                await self._scheduler.register(record)
+            elif not await self._scheduler.heartbeat(record.id):
                 log.info("node %s: unknown to the scheduler; registering it again", record.id)
                 await self._scheduler.register(record)
         except grpc.aio.AioRpcError as err:
@@ -132,3 +184,18 @@ class Supervisor:
                 return False
             log.warning("node %s: heartbeat failed: %s", record.id, err.code().name)
         return True
+
+
+def _signals(record: NodeRecord, machine_alive: bool, probe_ok: bool) -> Signals:
+    now = datetime.now(UTC)
+    failing_since = record.probe_failing_since
+    return Signals(
+        machine_alive=machine_alive,
+        probe_ok=probe_ok,
+        probe_failing_for_s=0.0
+        if probe_ok or failing_since is None
+        else (now - failing_since).total_seconds(),
+        agent_silent_for_s=None
+        if record.agent_seen_at is None
+        else (now - record.agent_seen_at).total_seconds(),
+    )
