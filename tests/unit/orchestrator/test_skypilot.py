@@ -21,6 +21,7 @@ from tests.unit.orchestrator.conftest import (
     now,
     skypilot_env,
 )
+from tests.unit.orchestrator.test_agents import replacement_of
 
 
 def sky_launch(model: str = "cic-sim-small", **fields) -> pb.LaunchNodeRequest:
@@ -201,6 +202,15 @@ async def test_a_cluster_that_disappears_fails_its_node(
     node = await orchestrator.wait_state(node_id, pb.NODE_STATE_FAILED)
     assert node.failure_reason == f"cluster cic-{node_id} stopped"
     await eventually(now(lambda: node_id not in scheduler.nodes), "deregistered")
+    # Capacity returns without an operator: a replacement cluster is launched like it.
+    replacement = await replacement_of(orchestrator, node_id)
+    assert (replacement.provider, replacement.cloud, replacement.accelerators) == (
+        "skypilot",
+        "aws/us-east-1",
+        "H100:1",
+    )
+    await orchestrator.wait_state(replacement.id, pb.NODE_STATE_READY)
+    assert skypilot.running(f"cic-{replacement.id}")
 
 
 async def _state(database_url: str, node_id: str) -> str:
