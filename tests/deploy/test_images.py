@@ -4,6 +4,7 @@ manifests use, and the service's own console script. (hadolint runs in `make lin
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import tomllib
 from pathlib import Path
@@ -93,3 +94,20 @@ def test_image_runs_the_service_as_non_root(
     assert [a for word, a in final if word == "ENTRYPOINT"] == [f'["{script}"]']
     exposed = {int(p) for word, a in final if word == "EXPOSE" for p in a.split()}
     assert exposed == set(container_ports(all_rendered["base"].container(service)).values())
+
+
+def test_the_build_context_keeps_what_the_dockerfiles_copy() -> None:
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert "libs/common/src/cic" in ignored, "stale local stubs would reach the image"
+    for service in SERVICES:
+        for word, args in instructions(service):
+            if word != "COPY" or args.startswith("--from"):
+                continue
+            source = args.split()[0]
+            for pattern in ignored:
+                assert not fnmatch.fnmatch(source, pattern), f"{service}: {source} ~ {pattern}"
+                assert not source.startswith(pattern.rstrip("/") + "/"), f"{service}: {source}"
