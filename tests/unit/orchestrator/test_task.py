@@ -276,3 +276,12 @@ def test_a_malformed_agent_identity_is_refused(node_id: str, token: str) -> None
 def test_agent_settings_are_checked(field: str, value: str) -> None:
     with pytest.raises(ValueError, match="must be"):
         TaskSettings(**{field: value})
+
+
+def test_several_clouds_become_skypilots_any_of(tmp_path: Path) -> None:
+    task = check_task("meta-llama/Llama-3.1-8B-Instruct", "L4:1", "aws/us-east-1,gcp", (), True)
+    config = task_config(task, TaskSettings())
+    assert config["resources"]["any_of"] == [{"infra": "aws/us-east-1"}, {"infra": "gcp"}]
+    loaded = _load_with_skypilot(render_yaml(config), tmp_path)
+    assert sorted(str(r.cloud) for r in loaded.resources) == ["AWS", "GCP"]
+    assert all(r.use_spot for r in loaded.resources)

@@ -127,11 +127,12 @@ class Autoscaler:
         log.info("autoscaler: %s: %g queued, launching %d node(s)", policy.model, queued, count)
         for _ in range(count):
             try:
+                accelerators, vllm_args = policy.launch_resources()
                 await self._lifecycle.launch(
                     policy.model,
-                    policy.accelerators,
-                    policy.cloud,
-                    list(policy.vllm_args),
+                    accelerators,
+                    policy.launch_cloud,
+                    list(vllm_args),
                     policy.use_spot,
                 )
             except NodeError as err:

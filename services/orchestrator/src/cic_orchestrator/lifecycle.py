@@ -166,6 +166,19 @@ class NodeLifecycle:
         await self.refresh_gauges()
         return draining
 
+    async def terminate_model(self, model: str) -> list[str]:
+        """Drains and terminates every launched live node of ``model`` (a deployment deleted);
+        registered servers are left alone. Returns the ids."""
+        ended = []
+        for record in await self._store.list((NodeState.LAUNCHING, NodeState.READY)):
+            if record.model == model and record.provider != EXTERNAL:
+                try:
+                    await self.terminate(record.id)
+                except NodeConflict:
+                    continue  # ended meanwhile
+                ended.append(record.id)
+        return ended
+
     async def get(self, node_id: str) -> NodeRecord:
         record = await self._store.get(check_node_id(node_id))
         if record is None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from cic_orchestrator.nodes import InvalidNodeRequest, NodeError
+from cic_orchestrator.sizing import AUTO, choose
 from cic_orchestrator.validation import check_accelerators, check_cloud, check_model
 
 MAX_NODES = 1000
@@ -29,6 +30,18 @@ class ScalingPolicy:
     cloud: str = ""
     use_spot: bool = False
     vllm_args: tuple[str, ...] = ()
+    clouds: tuple[str, ...] = ()
+
+    @property
+    def launch_cloud(self) -> str:
+        """The cloud a new node is launched with (several infras: SkyPilot picks)."""
+        return ",".join(self.clouds) if self.clouds else self.cloud
+
+    def launch_resources(self) -> tuple[str, tuple[str, ...]]:
+        """Accelerators and flags of a new node (``auto`` chosen from the model's size)."""
+        if self.accelerators == AUTO:
+            return choose(self.model, self.launch_cloud, self.vllm_args)
+        return self.accelerators, self.vllm_args
 
     def desired_nodes(self, queued: float) -> int:
         """Nodes needed so that each holds about ``target_queue_per_node`` of ``queued``."""
@@ -39,8 +52,11 @@ class ScalingPolicy:
 def check_policy(policy: ScalingPolicy) -> ScalingPolicy:
     """Checks the numbers and names (the launch fields are checked by the provider too)."""
     check_model(policy.model)
-    check_accelerators(policy.accelerators)
+    if policy.accelerators != AUTO:
+        check_accelerators(policy.accelerators)
     check_cloud(policy.cloud)
+    if policy.clouds:
+        check_cloud(policy.launch_cloud)
     if not 0 <= policy.min_nodes <= MAX_NODES:
         raise InvalidNodeRequest(f"min_nodes must be between 0 and {MAX_NODES}")
     if not policy.min_nodes <= policy.max_nodes <= MAX_NODES:
@@ -63,6 +79,7 @@ def _policy(row: asyncpg.Record) -> ScalingPolicy:
         cloud=row["cloud"],
         use_spot=row["use_spot"],
         vllm_args=tuple(json.loads(row["vllm_args"])),
+        clouds=tuple(json.loads(row["clouds"])),
     )
 
 
@@ -73,11 +90,11 @@ class PolicyStore:
     async def put(self, policy: ScalingPolicy) -> ScalingPolicy:
         row = await self._pool.fetchrow(
             "INSERT INTO scaling_policies (model, min_nodes, max_nodes, target_queue_per_node,"
-            " accelerators, cloud, use_spot, vllm_args)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
+            " accelerators, cloud, use_spot, vllm_args, clouds)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)"
             " ON CONFLICT (model) DO UPDATE SET min_nodes = $2, max_nodes = $3,"
             " target_queue_per_node = $4, accelerators = $5, cloud = $6, use_spot = $7,"
-            " vllm_args = $8::jsonb, updated_at = now()"
+            " vllm_args = $8::jsonb, clouds = $9::jsonb, updated_at = now()"
             " RETURNING *",
             policy.model,
             policy.min_nodes,
@@ -87,6 +104,7 @@ class PolicyStore:
             policy.cloud,
             policy.use_spot,
             json.dumps(list(policy.vllm_args)),
+            json.dumps(list(policy.clouds)),
         )
         assert row is not None
         return _policy(row)

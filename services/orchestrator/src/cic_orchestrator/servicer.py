@@ -84,6 +84,7 @@ def policy_to_proto(policy: ScalingPolicy) -> orchestrator_pb2.ScalingPolicy:
         cloud=policy.cloud,
         use_spot=policy.use_spot,
         vllm_args=list(policy.vllm_args),
+        clouds=list(policy.clouds),
     )
 
 
@@ -174,10 +175,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 cloud=given.cloud,
                 use_spot=given.use_spot,
                 vllm_args=tuple(given.vllm_args),
+                clouds=tuple(given.clouds),
             )
         )
+        accelerators, _ = policy.launch_resources()  # auto: refused here if it cannot choose
         args = await self._lifecycle.check_launch(
-            policy.model, policy.accelerators, policy.cloud, policy.vllm_args, policy.use_spot
+            policy.model, accelerators, policy.launch_cloud, policy.vllm_args, policy.use_spot
         )
         return await self._policies.put(
             ScalingPolicy(**{**policy.__dict__, "vllm_args": tuple(args)})
@@ -208,6 +211,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.DeleteScalingPolicyResponse:
         await self._serving(context)
         await _answer(context, self._policies.delete(request.model))
+        if request.terminate_nodes:
+            await self._lifecycle.terminate_model(request.model)
         return orchestrator_pb2.DeleteScalingPolicyResponse()
 
     async def AgentRegister(

@@ -25,6 +25,7 @@ from cic_orchestrator.validation import (
     check_cloud,
     check_flag_args,
     check_model,
+    cloud_list,
     matching,
     number,
     one_of,
@@ -183,6 +184,8 @@ def run_command(task: NodeTask, port: int) -> str:
 
 def _cloud_name(infra: str) -> str:
     """The agent's metadata service: aws, gcp or azure, else auto (it finds out)."""
+    if "," in infra:
+        return "auto"
     first = infra.split("/", 1)[0]
     return first if first in ("aws", "gcp", "azure") else "auto"
 
@@ -200,8 +203,11 @@ def task_config(
         "use_spot": task.use_spot,
         "ports": settings.vllm_port,
     }
-    if task.cloud:
-        resources["infra"] = task.cloud
+    infras = cloud_list(task.cloud)
+    if len(infras) == 1:
+        resources["infra"] = infras[0]
+    elif infras:
+        resources["any_of"] = [{"infra": infra} for infra in infras]
     config: dict[str, Any] = {}
     if name:
         config["name"] = name

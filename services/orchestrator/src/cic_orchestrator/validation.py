@@ -15,6 +15,7 @@ from cic_orchestrator.nodes import InvalidNodeRequest
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
 _ACCELERATORS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}:[1-9][0-9]?$")
 # SkyPilot's infra form: ``cloud[/region[/zone]]``, ``kubernetes/<context>``, ``ssh/<pool>``.
+MAX_CLOUDS = 8
 _CLOUD = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}(?:/(?:\*|[A-Za-z0-9][A-Za-z0-9._-]{0,62})){0,2}$")
 _HOST = re.compile(r"^(?:[0-9a-f:.]+|[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)$")
 _FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]{0,63}$")
@@ -52,13 +53,24 @@ def check_accelerators(accelerators: str) -> str:
 
 def check_cloud(cloud: str) -> str:
     """A cloud, optionally with region and zone or a Kubernetes context or SSH node pool, as
-    SkyPilot's ``infra`` takes it (``aws/us-east-1``, ``k8s``, ``ssh/my-pool``), or ``local``."""
-    if cloud and not _CLOUD.fullmatch(cloud):
+    SkyPilot's ``infra`` takes it (``aws/us-east-1``, ``k8s``, ``ssh/my-pool``), or ``local``;
+    or several SkyPilot infras separated by commas (SkyPilot picks one that has capacity)."""
+    if not cloud:
+        return cloud
+    infras = cloud.split(",")
+    if len(infras) > MAX_CLOUDS or not all(_CLOUD.fullmatch(i) for i in infras):
         raise InvalidNodeRequest(
             "cloud must be a cloud name with an optional /region[/zone], e.g. local, aws, "
-            "aws/us-east-1, kubernetes/my-context, ssh/my-pool"
+            f"aws/us-east-1, kubernetes/my-context, ssh/my-pool (or up to {MAX_CLOUDS} of "
+            "them separated by commas)"
         )
+    if len(infras) > 1 and ("local" in infras or len(set(infras)) < len(infras)):
+        raise InvalidNodeRequest("cloud lists each infra once, and `local` only alone")
     return cloud
+
+
+def cloud_list(cloud: str) -> list[str]:
+    return [c for c in cloud.split(",") if c]
 
 
 def check_endpoint(endpoint: str) -> str:
