@@ -25,6 +25,7 @@ ROUTES = {
     ("/dashboard/keys", "POST"),
     ("/dashboard/keys/{key_id}/revoke", "POST"),
     ("/dashboard/usage", "GET"),
+    ("/dashboard/billing/portal", "POST"),
     ("/dashboard/account", "GET"),
     ("/dashboard/account/sign-out-everywhere", "POST"),
     ("/dashboard/static", "GET"),
@@ -63,10 +64,12 @@ async def test_another_tenants_ids_are_refused_on_every_route(dashboard: Dashboa
     nosy = f"?tenant_id={alice_tenant}&key_id={alice_key}&id={alice_tenant}"
     for path in ("/dashboard/keys", "/dashboard/usage", "/dashboard/account", "/dashboard"):
         billing.usage_queries.clear()
+        billing.account_queries.clear()
         page = await mallory.get(path + nosy)
         assert page.status in (200, 303), path
         assert alice_tenant not in page.text and alice_key not in page.text, path
         assert all(q.tenant_id == mallory_tenant for q in billing.usage_queries), path
+        assert all(q.tenant_id == mallory_tenant for q in billing.account_queries), path
     assert mallory_key in (await mallory.get("/dashboard/keys" + nosy)).text
 
     # Forms: revoking Alice's key is refused and her key keeps working.
@@ -82,6 +85,15 @@ async def test_another_tenants_ids_are_refused_on_every_route(dashboard: Dashboa
     assert made.status == 201
     _, alice_keys = await gateway.admin("GET", f"/admin/tenants/{alice_tenant}/keys")
     assert [(k["id"], k["revoked_at"]) for k in alice_keys["data"]] == [(alice_key, None)]
+    # A billing portal is only ever opened for the session's tenant, whatever the form names.
+    billing.account_reply.stripe_enabled = True
+    portal = await mallory.submit(
+        "/dashboard/usage",
+        "/dashboard/billing/portal",
+        {"tenant_id": alice_tenant, "customer_id": f"cus_{alice_tenant}"},
+    )
+    assert portal.status == 303 and portal.location.endswith(f"_{mallory_tenant}")
+    assert [r.tenant_id for r in billing.portal_requests] == [mallory_tenant]
     # Sign-out everywhere ends only Mallory's own sessions.
     await mallory.submit(
         "/dashboard/account", "/dashboard/account/sign-out-everywhere", {"tenant_id": alice_tenant}
@@ -103,6 +115,7 @@ async def test_every_form_needs_its_csrf_token(dashboard: Dashboard) -> None:
     posts = [
         "/dashboard/keys",
         f"/dashboard/keys/{key_id}/revoke",
+        "/dashboard/billing/portal",
         "/dashboard/account/sign-out-everywhere",
         "/dashboard/sign-out",
         "/dashboard/sign-in/email",
@@ -142,6 +155,7 @@ async def test_every_form_needs_its_csrf_token(dashboard: Dashboard) -> None:
         assert page.status == 403, headers
     listing = await browser.get("/dashboard/keys")
     assert listing.text.count("data-key-id=") == 1 and "revoked" not in listing.text
+    assert dashboard.gateway.services.billing.portal_requests == []
     assert (await browser.get("/dashboard/usage")).status == 200  # still signed in
 
 

@@ -3,17 +3,18 @@ of the session; an id from the URL or a form is looked up within that tenant onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
 
 from cic_gateway import store
+from cic_gateway.dashboard import billing_view, usage_view
 from cic_gateway.dashboard import store as dashboard_store
-from cic_gateway.dashboard import usage_view
-from cic_gateway.dashboard.render import problem, render, see_other
+from cic_gateway.dashboard.render import problem, redirect_to, render, see_other, unavailable
 from cic_gateway.dashboard.sessions import check_csrf, current_session
 from cic_gateway.dashboard.store import Session
 from cic_gateway.keys import generate_key
@@ -22,10 +23,12 @@ from cic_gateway.resources import DB, KEYS, REVOCATIONS, SERVICES, SETTINGS
 log = logging.getLogger(__name__)
 
 SIGN_IN = "/dashboard/sign-in"
+USAGE = "/dashboard/usage"
 _MAX_NAME_CHARS = 200
 _MAX_LIMIT = 1_000_000_000
 
 Page = Callable[[web.Request, Session], Awaitable[web.Response]]
+T = TypeVar("T")
 
 
 def signed_in(page: Page) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -47,7 +50,7 @@ def signed_in(page: Page) -> Callable[[web.Request], Awaitable[web.Response]]:
 
 
 async def home(request: web.Request) -> web.Response:
-    return see_other(request, "/dashboard/usage" if await current_session(request) else SIGN_IN)
+    return see_other(request, USAGE if await current_session(request) else SIGN_IN)
 
 
 async def _tenant(request: web.Request, session: Session) -> dict[str, Any]:
@@ -135,19 +138,26 @@ def _choice(request: web.Request, name: str, allowed: list[str], default: str) -
     return value if value in allowed else default
 
 
+async def _or_none(what: str, call: Awaitable[T]) -> T | None:
+    """``call``'s answer, or None when billing cannot give it (the page says so)."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        log.warning("dashboard %s: billing answered %s", what, err.code().name)
+        return None
+
+
 @signed_in
 async def usage_page(request: web.Request, session: Session) -> web.Response:
     days = int(_choice(request, "days", [str(d) for d in usage_view.RANGES], "30"))
     metric = _choice(request, "metric", list(usage_view.METRICS), "cost")
-    settings = request.app[SETTINGS]
+    timeout_s = request.app[SETTINGS].grpc_timeout_s
+    billing = request.app[SERVICES].billing
     tenant = await _tenant(request, session)
-    try:
-        usage = await usage_view.fetch(
-            request.app[SERVICES].billing, session.tenant_id, days, settings.grpc_timeout_s
-        )
-    except grpc.aio.AioRpcError as err:
-        log.warning("dashboard usage: billing answered %s", err.code().name)
-        usage = None
+    usage, account = await asyncio.gather(
+        _or_none("usage", usage_view.fetch(billing, session.tenant_id, days, timeout_s)),
+        _or_none("billing account", billing_view.fetch(billing, session.tenant_id, timeout_s)),
+    )
     context = {
         "active": "usage",
         "tenant": tenant,
@@ -162,9 +172,40 @@ async def usage_page(request: web.Request, session: Session) -> web.Response:
         ]
         if usage
         else [],
-        "portal_url": settings.stripe_portal_login_url,
+        "account": account,
     }
     return await render(request, "usage.html", context, 200 if usage else 503)
+
+
+@signed_in
+async def billing_portal(request: web.Request, session: Session) -> web.Response:
+    """Sends the tenant of the session (never one named in the form) to a new Stripe
+    customer-portal session, which sends it back to the usage page."""
+    settings = request.app[SETTINGS]
+    return_url = f"{settings.dashboard_public_url or request.url.origin()}{USAGE}"
+    try:
+        url = await billing_view.portal_url(
+            request.app[SERVICES].billing, session.tenant_id, return_url, settings.grpc_timeout_s
+        )
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            log.warning(
+                "dashboard: no billing portal for tenant %s: %s", session.tenant_id, err.details()
+            )
+            return await problem(
+                request,
+                409,
+                "The billing portal is not available",
+                "Billing here is not managed through Stripe's customer portal; contact your"
+                " operator about your bill.",
+            )
+        log.warning("dashboard billing portal: billing answered %s", err.code().name)
+        return unavailable(request)
+    except billing_view.BadPortalUrl as err:
+        log.error("dashboard billing portal: billing answered a bad URL %r", str(err))
+        return unavailable(request)
+    log.info("dashboard: tenant %s sent to the billing portal", session.tenant_id)
+    return redirect_to(request, url)
 
 
 @signed_in

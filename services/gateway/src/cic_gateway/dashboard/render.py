@@ -24,6 +24,11 @@ def create_templates() -> jinja2.Environment:
     )
 
 
+# Browsers check form-action on the redirects that follow a form too: the "Manage billing" form
+# ends on Stripe's customer portal.
+STRIPE_PORTAL_ORIGIN = "https://billing.stripe.com"
+
+
 def _content_security_policy(request: web.Request) -> str:
     issuer = request.app[SETTINGS].oidc_issuer
     provider = ""
@@ -32,7 +37,8 @@ def _content_security_policy(request: web.Request) -> str:
         provider = f" {parts.scheme}://{parts.netloc}"
     return (
         "default-src 'none'; style-src 'self'; img-src 'self' data:; "
-        f"form-action 'self'{provider}; frame-ancestors 'none'; base-uri 'none'"
+        f"form-action 'self'{provider} {STRIPE_PORTAL_ORIGIN}; frame-ancestors 'none'; "
+        "base-uri 'none'"
     )
 
 
@@ -84,6 +90,13 @@ def unavailable(request: web.Request) -> web.Response:
         detail="Something it needs is down for a moment; try again in a minute.",
     )
     response.headers["Retry-After"] = "30"
+    secure_headers(request, response)
+    return response
+
+
+def redirect_to(request: web.Request, url: str) -> web.Response:
+    """A 303 to ``url`` on another site (checked by the caller), e.g. Stripe's portal."""
+    response = web.Response(status=303, headers={"Location": url})
     secure_headers(request, response)
     return response
 

@@ -62,6 +62,7 @@ def setup_dashboard(app: web.Application) -> None:
             web.post(f"{PREFIX}/keys", _html_errors(pages.create_key)),
             web.post(f"{PREFIX}/keys/{{key_id}}/revoke", _html_errors(pages.revoke_key)),
             web.get(f"{PREFIX}/usage", _html_errors(pages.usage_page), allow_head=False),
+            web.post(f"{PREFIX}/billing/portal", _html_errors(pages.billing_portal)),
             web.get(f"{PREFIX}/account", _html_errors(pages.account_page), allow_head=False),
             web.post(
                 f"{PREFIX}/account/sign-out-everywhere", _html_errors(pages.sign_out_everywhere)

@@ -47,9 +47,6 @@ class DashboardSettings(BaseModel):
     dashboard_signin_per_email: int = Field(default=5, ge=1, le=10_000)
     dashboard_signin_per_client: int = Field(default=30, ge=1, le=100_000)
     dashboard_signin_window_s: int = Field(default=15 * 60, ge=1, le=24 * 3600)
-    # Stripe's customer-portal login link (https://billing.stripe.com/p/login/...), shown on the
-    # billing page when set.
-    stripe_portal_login_url: str = Field(default="", max_length=500)
     dashboard_public_url: str = Field(default="", max_length=500, validate_default=True)
 
     @field_validator("dashboard_invite_codes", mode="before")
@@ -57,7 +54,7 @@ class DashboardSettings(BaseModel):
     def _codes(cls, value: object) -> object:
         return _split_codes(value)
 
-    @field_validator("oidc_issuer", "stripe_portal_login_url")
+    @field_validator("oidc_issuer")
     @classmethod
     def _optional_url(cls, value: str) -> str:
         if value and (
