@@ -288,3 +288,17 @@ async def test_bad_return_urls_are_refused(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == message
     assert fake_stripe.requests == []
+
+
+async def test_a_refused_key_is_named_without_stripes_message(
+    billing: RunningBilling, fake_stripe: FakeStripe
+) -> None:
+    await _portal(billing, "ten_acme")
+    fake_stripe.requests.clear()
+    fake_stripe.fail(PORTAL_PATH, 401)  # Stripe's own message would echo part of the key
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _portal(billing, "ten_acme")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == "Stripe refused the session: AuthenticationError (HTTP 401)"
+    assert [(r.path, r.status) for r in fake_stripe.requests] == [(PORTAL_PATH, 401)]
+    assert billing.metric("cic_billing_stripe_portal_sessions_total", {"result": "refused"}) == 1

@@ -105,7 +105,9 @@ class AccountRpcs:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "Stripe cannot be reached; retry")
         except stripe.StripeError as err:
             self._metrics.portal_sessions.labels("refused").inc()
-            reason = f"{type(err).__name__} (HTTP {err.http_status}): {err.user_message or err}"
+            reason = f"{type(err).__name__} (HTTP {err.http_status})"
+            if not isinstance(err, stripe.AuthenticationError | stripe.PermissionError):
+                reason += f": {err.user_message or err}"  # the others never echo the key
             log.error(
                 "Stripe refused a portal session for tenant %s: %s", request.tenant_id, reason
             )
