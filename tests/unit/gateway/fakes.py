@@ -266,6 +266,7 @@ class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
         self._ids = itertools.count(1)
+        self.policies: dict[str, orchestrator_pb2.ScalingPolicy] = {}
 
     def _node(self, **fields) -> orchestrator_pb2.ManagedNode:
         return orchestrator_pb2.ManagedNode(id=f"node-{next(self._ids)}", **fields)
@@ -312,6 +313,30 @@ class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             health=orchestrator_pb2.NODE_HEALTH_HEALTHY,
         )
         return orchestrator_pb2.ListNodesResponse(nodes=[node])
+
+    async def SetScalingPolicy(self, request, context):
+        self.calls.append(("SetScalingPolicy", request))
+        policy = request.policy
+        if not policy.min_nodes <= policy.max_nodes or policy.max_nodes < 1:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "max_nodes must be between min_nodes and 1000"
+            )
+        self.policies[policy.model] = policy
+        return orchestrator_pb2.SetScalingPolicyResponse(policy=policy)
+
+    async def GetScalingPolicy(self, request, context):
+        if request.model not in self.policies:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no scaling policy for {request.model}")
+        return orchestrator_pb2.GetScalingPolicyResponse(policy=self.policies[request.model])
+
+    async def ListScalingPolicies(self, request, context):
+        return orchestrator_pb2.ListScalingPoliciesResponse(policies=list(self.policies.values()))
+
+    async def DeleteScalingPolicy(self, request, context):
+        self.calls.append(("DeleteScalingPolicy", request))
+        if self.policies.pop(request.model, None) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no scaling policy for {request.model}")
+        return orchestrator_pb2.DeleteScalingPolicyResponse()
 
     async def _agent(self, method, request, context):
         self.calls.append((method, request))

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from cic_gateway import (
     admin,
+    admin_deployments,
     admin_ops,
     admin_prices,
     health,
@@ -41,6 +42,16 @@ def setup_routes(app: web.Application) -> None:
             web.post("/admin/nodes/launch", admin_ops.launch_node),
             web.delete("/admin/nodes/{node_id}", admin_ops.terminate_node),
             web.get("/admin/audit", admin_ops.list_audit, allow_head=False),
+            # Model deployments, kept true by the orchestrator (a model name may hold slashes).
+            web.post("/admin/deployments", admin_deployments.create_deployment),
+            web.get("/admin/deployments", admin_deployments.list_deployments, allow_head=False),
+            web.get(
+                r"/admin/deployments/{model:.+}",
+                admin_deployments.get_deployment,
+                allow_head=False,
+            ),
+            web.patch(r"/admin/deployments/{model:.+}", admin_deployments.change_deployment),
+            web.delete(r"/admin/deployments/{model:.+}", admin_deployments.delete_deployment),
             # Model prices, kept by billing (a model name may hold slashes).
             web.get("/admin/prices", admin_prices.list_prices, allow_head=False),
             web.put(r"/admin/prices/{model:.+}", admin_prices.set_price),
