@@ -75,6 +75,8 @@ class Settings(GrpcServiceSettings):
     spot_fallback_on_demand: bool = True
     # Whether the local provider (a simulated cloud) has spot capacity.
     local_spot_available: bool = True
+    # Lines of each node's log kept in memory for StreamNodeLogs.
+    node_log_lines: int = Field(default=1000, ge=10, le=100_000)
     # Clusters with the prefix that no node owns are torn down once seen for this long.
     orphan_grace_s: float = Field(default=300.0, ge=0, le=86400)
 

@@ -20,6 +20,7 @@ from cic_orchestrator.health_probe import HealthProbe
 from cic_orchestrator.leader import LeaderElection
 from cic_orchestrator.lifecycle import NodeLifecycle
 from cic_orchestrator.metrics import OrchestratorMetrics
+from cic_orchestrator.node_logs import NodeLogs
 from cic_orchestrator.policies import PolicyStore
 from cic_orchestrator.providers import build_providers
 from cic_orchestrator.scheduler_client import SchedulerClient
@@ -46,6 +47,7 @@ class OrchestratorService:
         self.scheduler = SchedulerClient(settings.scheduler_addr)
         self.probe = HealthProbe(settings.health_probe_timeout_s)
         self.election = LeaderElection(settings.database_url, settings.leader_poll_interval_s)
+        self.node_logs = NodeLogs(settings.node_log_lines)
         self._pool = None
         self.lifecycle: NodeLifecycle | None = None
         self.supervisor: Supervisor | None = None
@@ -60,6 +62,7 @@ class OrchestratorService:
         return self._active
 
     async def open(self) -> None:
+        self.node_logs.attach(logging.getLogger("cic_orchestrator"))
         self._pool = await open_pool(
             self.settings.database_url, "orchestrator", "cic_orchestrator.migrations"
         )
@@ -94,7 +97,11 @@ class OrchestratorService:
             SERVICE_NAME,
             orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
             OrchestratorServicer(
-                self.lifecycle, policies, AgentDesk(store, self.lifecycle), lambda: self._active
+                self.lifecycle,
+                policies,
+                AgentDesk(store, self.lifecycle),
+                self.node_logs,
+                lambda: self._active,
             ),
         )
 
@@ -185,6 +192,7 @@ class OrchestratorService:
         if self.lifecycle is not None:
             await self.lifecycle.shutdown()
         await self.election.release()
+        self.node_logs.detach(logging.getLogger("cic_orchestrator"))
         self.metrics.leader.set(0)
         self._clear_gauges()
         await self.probe.close()

@@ -4,7 +4,8 @@ status codes; the work itself is in :mod:`cic_orchestrator.lifecycle`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC
 from typing import NoReturn, TypeVar
 
@@ -13,7 +14,9 @@ import grpc
 from cic.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from cic_orchestrator.agent_desk import AgentDesk
 from cic_orchestrator.lifecycle import NodeLifecycle
+from cic_orchestrator.node_logs import NodeLogs
 from cic_orchestrator.nodes import (
+    LIVE_STATES,
     AgentUnauthenticated,
     EndpointInUse,
     InvalidNodeRequest,
@@ -96,8 +99,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         lifecycle: NodeLifecycle,
         policies: PolicyStore,
         agents: AgentDesk,
+        logs: NodeLogs,
         active: Callable[[], bool],
     ) -> None:
+        self._logs = logs
         self._lifecycle = lifecycle
         self._agents = agents
         self._policies = policies
@@ -245,6 +250,25 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             ),
         )
         return orchestrator_pb2.AgentResponse(state=_PROTO_STATES[state])
+
+    async def StreamNodeLogs(
+        self, request: orchestrator_pb2.StreamNodeLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[orchestrator_pb2.NodeLogLine]:
+        await self._serving(context)
+        record = await _answer(context, self._lifecycle.get(request.node_id))
+        async for line in self._logs.stream(record.id, request.follow, self._still_live(record.id)):
+            reply = orchestrator_pb2.NodeLogLine(text=line.text)
+            reply.at.FromDatetime(line.at)
+            yield reply
+
+    async def _still_live(self, node_id: str) -> AsyncIterator[bool]:
+        """Whether the node is live, asked of the store at most once a second."""
+        live, asked = True, -math.inf
+        while True:
+            if time.monotonic() - asked >= 1.0:
+                live = (await self._lifecycle.get(node_id)).state in LIVE_STATES
+                asked = time.monotonic()
+            yield live
 
 
 async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
