@@ -338,6 +338,14 @@ class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no scaling policy for {request.model}")
         return orchestrator_pb2.DeleteScalingPolicyResponse()
 
+    async def StreamNodeLogs(self, request, context):
+        if not request.node_id.startswith("node-"):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {request.node_id}")
+        for text in ("launching", "ready"):
+            line = orchestrator_pb2.NodeLogLine(text=f"node {request.node_id}: {text}")
+            line.at.FromJsonString("2026-01-01T00:00:00Z")
+            yield line
+
     async def _agent(self, method, request, context):
         self.calls.append((method, request))
         if request.token != FAKE_NODE_TOKEN:

@@ -3,6 +3,8 @@ orchestrator faked over real gRPC (the orchestrator's side has its own tests).""
 
 from __future__ import annotations
 
+import orjson
+
 from cic.orchestrator.v1 import orchestrator_pb2
 from tests.unit.gateway.conftest import Gateway
 from tests.unit.gateway.fakes import FAKE_NODE_TOKEN
@@ -82,3 +84,21 @@ async def test_the_node_api_takes_the_node_token_and_nothing_else(gateway: Gatew
     assert forwarded.not_after.ToJsonString() == "2026-01-01T00:02:00Z"
     async with gateway.session.post(url, json={"cloud": "ibm"}, headers=good) as resp:
         assert resp.status == 400
+
+
+async def test_a_nodes_log_is_streamed_as_ndjson(gateway: Gateway) -> None:
+    url = gateway.url + "/admin/nodes/node-0123456789ab/logs?follow=true"
+    async with gateway.session.get(url, headers=gateway.admin_headers()) as resp:
+        assert resp.status == 200
+        assert resp.content_type == "application/x-ndjson"
+        lines = [orjson.loads(line) async for line in resp.content]
+    assert lines == [
+        {"at": "2026-01-01T00:00:00Z", "text": "node node-0123456789ab: launching"},
+        {"at": "2026-01-01T00:00:00Z", "text": "node node-0123456789ab: ready"},
+    ]
+    status, missing = await gateway.admin("GET", "/admin/nodes/nope/logs")
+    assert (status, missing["error"]["code"]) == (404, "not_found")
+    status, bad = await gateway.admin("GET", "/admin/nodes/node-1/logs?follow=yes")
+    assert status == 400 and bad["error"]["param"] == "follow"
+    async with gateway.session.get(url) as resp:
+        assert resp.status == 401

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import grpc
+import orjson
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import Field, StringConstraints, field_validator
@@ -21,7 +22,7 @@ from cic_gateway.admin import Body, listing, tenant_or_404
 from cic_gateway.admin_auth import audit_detail
 from cic_gateway.errors import bad_request, from_grpc_error
 from cic_gateway.jsonio import json_response, read_json_object, validated
-from cic_gateway.resources import DB, SERVICES
+from cic_gateway.resources import DB, SERVICES, SETTINGS
 
 _DEFAULT_AUDIT_LIMIT = 100
 _MAX_AUDIT_LIMIT = 1000
@@ -209,6 +210,43 @@ async def terminate_node(request: web.Request) -> web.Response:
     except grpc.aio.AioRpcError as err:
         raise from_grpc_error(err, "orchestrator") from None
     return json_response(_managed_node_json(reply.node), status=202)
+
+
+async def node_logs(request: web.Request) -> web.StreamResponse:
+    """The node's log as NDJSON lines ``{"at", "text"}``; ``follow=true`` keeps the response
+    open and sends each new line until the node is terminated or failed."""
+    node_id = request.match_info["node_id"]
+    audit_detail(request)["node_id"] = node_id
+    follow = request.query.get("follow", "false")
+    if follow not in ("true", "false"):
+        raise bad_request("follow: true or false", param="follow")
+    call = request.app[SERVICES].orchestrator.StreamNodeLogs(
+        orchestrator_pb2.StreamNodeLogsRequest(node_id=node_id, follow=follow == "true"),
+        timeout=None if follow == "true" else request.app[SETTINGS].grpc_timeout_s,
+    )
+    response: web.StreamResponse | None = None
+    try:
+        async for line in call:
+            if response is None:
+                response = await _start_ndjson(request)
+            entry = {"at": line.at.ToJsonString(), "text": line.text}
+            await response.write(orjson.dumps(entry) + b"\n")
+        if response is None:  # no line yet: the node is known (else the call failed)
+            response = await _start_ndjson(request)
+    except grpc.aio.AioRpcError as err:
+        if response is None:
+            raise from_grpc_error(err, "orchestrator") from None
+        return response  # cut off midway: the client sees the stream end
+    finally:
+        call.cancel()
+    await response.write_eof()
+    return response
+
+
+async def _start_ndjson(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    return response
 
 
 async def list_audit(request: web.Request) -> web.Response:

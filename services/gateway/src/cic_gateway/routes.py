@@ -41,6 +41,7 @@ def setup_routes(app: web.Application) -> None:
             web.post("/admin/nodes", admin_ops.register_node),
             web.post("/admin/nodes/launch", admin_ops.launch_node),
             web.delete("/admin/nodes/{node_id}", admin_ops.terminate_node),
+            web.get("/admin/nodes/{node_id}/logs", admin_ops.node_logs, allow_head=False),
             web.get("/admin/audit", admin_ops.list_audit, allow_head=False),
             # Model deployments, kept true by the orchestrator (a model name may hold slashes).
             web.post("/admin/deployments", admin_deployments.create_deployment),
