@@ -70,7 +70,10 @@ class NodeAgent:
                 state = await self.control_plane.heartbeat(self._vllm_healthy)
             except ControlPlaneError as err:
                 log.warning("heartbeat not taken: %s", err)
-                continue
+                if err.retry:
+                    continue
+                log.info("the control plane refuses this node's heartbeats; the agent stops")
+                return
             if state in GONE:
                 log.info("the control plane says the node is %s; the agent stops", state)
                 return
