@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -96,6 +98,23 @@ async def test_the_agent_authenticates_with_its_own_token_and_a_notice_drains_an
     assert (await orchestrator.node(other.id)).state == pb.NODE_STATE_READY
     nodes = (await orchestrator.stub.ListNodes(pb.ListNodesRequest())).nodes
     assert len(nodes) == 3  # one replacement only
+
+
+async def test_a_preempted_nodes_drain_ends_when_the_machine_goes(
+    orchestrator: Orchestrator, scheduler
+) -> None:
+    node = (await orchestrator.stub.LaunchNode(local_launch(vllm_args=FAST))).node
+    await orchestrator.wait_state(node.id, pb.NODE_STATE_READY)
+    scheduler.in_flight[node.id] = 1  # never finishes; DRAIN_TIMEOUT_S is 20 s here
+    request = pb.AgentPreemptedRequest(
+        node_id=node.id, token=await node_token(orchestrator, node.id), cloud="azure"
+    )
+    request.not_after.FromDatetime(datetime.now(UTC) + timedelta(seconds=0.5))
+    await orchestrator.stub.AgentPreempted(request)
+    started = time.monotonic()
+    ended = await orchestrator.wait_state(node.id, pb.NODE_STATE_TERMINATED, timeout=5)
+    assert time.monotonic() - started < 5
+    assert ended.preemption.startswith("azure: preempted (machine gone at ")
 
 
 async def test_bad_notices_are_refused(orchestrator: Orchestrator) -> None:

@@ -69,4 +69,4 @@ class AgentDesk:
         record = await self._lifecycle.get(node_id)
         if record.state is NodeState.DRAINING:
             return record.state  # already leaving (a notice repeated, or a terminate)
-        return (await self._lifecycle.preempted(record)).state
+        return (await self._lifecycle.preempted(record, not_after)).state

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -75,6 +77,8 @@ class NodeLifecycle:
         self._current: dict[str, asyncio.Task[None]] = {}  # the task that owns each node now
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: set[str] = set()  # nodes a terminate asked to stop launching
+        # Preempted nodes: when the machine goes (the drain waits no longer than that).
+        self._gone_at: dict[str, float] = {}
 
     # --- requests -------------------------------------------------------------------------
 
@@ -255,7 +259,7 @@ class NodeLifecycle:
         log.info("node %s: replaced by %s (%s)", record.id, new.id, kind)
         return new
 
-    async def preempted(self, record: NodeRecord) -> NodeRecord:
+    async def preempted(self, record: NodeRecord, not_after: datetime | None = None) -> NodeRecord:
         """The cloud reclaims the node: no new traffic at once, a replacement launched, then
         the usual drain and terminate (in-flight requests finish, within DRAIN_TIMEOUT_S)."""
         try:
@@ -270,6 +274,9 @@ class NodeLifecycle:
         log.warning("node %s: preempted (%s); draining", record.id, record.preemption or "notice")
         if draining.previous_state is NodeState.READY:
             await self.replace(draining, use_spot=draining.use_spot)
+        if not_after is not None:
+            left_s = (not_after - datetime.now(UTC)).total_seconds()
+            self._gone_at[record.id] = time.monotonic() + max(left_s, 0.0)
         self.resume_retire(draining)
         await self.refresh_gauges()
         return draining
@@ -445,11 +452,15 @@ class NodeLifecycle:
             log.exception("node %s: terminate failed; it stays draining", node_id)
         finally:
             self._stopping.discard(node_id)
+            self._gone_at.pop(node_id, None)
 
     async def _drain(self, node_id: str) -> None:
         """Stops new traffic, then waits until the scheduler counts nothing in flight on the
         node (or DRAIN_TIMEOUT_S passes)."""
-        deadline = time.monotonic() + self._settings.drain_timeout_s
+        deadline = min(
+            time.monotonic() + self._settings.drain_timeout_s,
+            self._gone_at.pop(node_id, math.inf),
+        )
         drained = warned = False
         while True:
             try:
