@@ -46,30 +46,35 @@ class Replica:
 async def replicas(redis_url: str, redis_prefix: str) -> AsyncIterator[list[Replica]]:
     """Two scheduler processes sharing the test's Redis prefix (breaker: 3 errors, open 0.5 s)."""
     started: list[Replica] = []
-    for _ in range(2):
-        port = free_port()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "METRICS_"))}
-        environ.update(
-            GRPC_PORT=str(port),
-            METRICS_PORT="0",
-            REDIS_URL=redis_url,
-            REDIS_KEY_PREFIX=redis_prefix,
-            HEALTH_PROBE_INTERVAL_S="3600",
-            BREAKER_FAILURES="3",
-            BREAKER_OPEN_S="0.5",
-            LOG_LEVEL="WARNING",
-        )
-        process = await asyncio.create_subprocess_exec(
-            str(SCHEDULER_BIN), env=environ, stdout=asyncio.subprocess.DEVNULL
-        )
-        started.append(Replica(process, port))
-        await wait_for_port(port)
-    yield started
-    for replica in started:
-        await replica.channel.close()
-        replica.process.send_signal(signal.SIGTERM)
-    codes = [await asyncio.wait_for(r.process.wait(), timeout=30) for r in started]
-    assert codes == [0, 0]
+    try:
+        for _ in range(2):
+            port = free_port()
+            environ = {
+                k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "METRICS_"))
+            }
+            environ.update(
+                GRPC_PORT=str(port),
+                METRICS_PORT="0",
+                REDIS_URL=redis_url,
+                REDIS_KEY_PREFIX=redis_prefix,
+                HEALTH_PROBE_INTERVAL_S="3600",
+                BREAKER_FAILURES="3",
+                BREAKER_OPEN_S="0.5",
+                LOG_LEVEL="WARNING",
+            )
+            process = await asyncio.create_subprocess_exec(
+                str(SCHEDULER_BIN), env=environ, stdout=asyncio.subprocess.DEVNULL
+            )
+            started.append(Replica(process, port))
+            await wait_for_port(port)
+        yield started
+    finally:  # also when one failed to start: none is left running
+        for replica in started:
+            await replica.channel.close()
+            if replica.process.returncode is None:
+                replica.process.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(r.process.wait(), timeout=30) for r in started]
+    assert codes == [0] * len(started)
 
 
 async def test_a_node_registered_on_one_replica_is_listed_and_picked_on_the_other(
