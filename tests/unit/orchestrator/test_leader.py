@@ -27,6 +27,7 @@ from tests.unit.orchestrator.conftest import (
     process_runs,
     provider_handle,
 )
+from tests.unit.orchestrator.test_agents import replacement_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -130,6 +131,30 @@ async def test_a_leader_that_loses_its_lock_connection_steps_down(
         ),
         "the new leader counts it",
     )
+
+
+async def test_the_new_leader_replaces_the_simulators_the_old_one_ended(
+    start_orchestrator, database_url: str
+) -> None:
+    leader: Orchestrator = await start_orchestrator(LEADER_POLL_INTERVAL_S="0.5")
+    standby: Orchestrator = await start_orchestrator(LEADER_POLL_INTERVAL_S="0.05")
+    simulated = (await leader.stub.LaunchNode(local_launch())).node
+    await leader.wait_state(simulated.id, pb.NODE_STATE_READY)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND database ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+    finally:
+        await conn.close()
+    await eventually(now(lambda: standby.service.active), "the standby leads")
+    # Its simulator ended with the old leader's lead (which replica records it first, and so
+    # the reason, depends on timing): lost capacity, which the new leader replaces.
+    await standby.wait_state(simulated.id, pb.NODE_STATE_FAILED)
+    replacement = await replacement_of(standby, simulated.id)
+    await standby.wait_state(replacement.id, pb.NODE_STATE_READY)
 
 
 async def test_killing_the_leader_process_hands_over_to_the_standby(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import grpc
 
 from cic_orchestrator.config import Settings
@@ -47,6 +48,8 @@ from cic_orchestrator.validation import (
 log = logging.getLogger(__name__)
 
 EXTERNAL = "external"
+# Why nodes a replica ended when it lost the leader lock failed; the next leader replaces them.
+LOST_LEADERSHIP = "lost: its orchestrator replica stopped leading"
 # Best-effort scheduler calls made while something else waits (shutdown, failures).
 QUICK_CALL_S = 2.0
 
@@ -281,15 +284,17 @@ class NodeLifecycle:
         await self.refresh_gauges()
         return draining
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, leadership_lost: bool = False) -> None:
         """Cancels the background tasks, ends the nodes that must not outlive this process and
-        marks them terminated (nodes it merely adopted keep running)."""
+        marks them terminated (nodes it merely adopted keep running). When leadership was lost
+        (the process goes on as a standby) they are marked failed as lost instead, so that the
+        next leader replaces them."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for provider in self._providers:
             ended = await provider.shutdown()
-            await asyncio.gather(*(self._mark_ended(node_id) for node_id in ended))
+            await asyncio.gather(*(self._mark_ended(node_id, leadership_lost) for node_id in ended))
         await self.refresh_gauges()
 
     async def refresh_gauges(self) -> None:
@@ -327,10 +332,24 @@ class NodeLifecycle:
 
         task.add_done_callback(forget)
 
-    async def _mark_ended(self, node_id: str) -> None:
+    async def _mark_ended(self, node_id: str, lost: bool) -> None:
         await self.deregister_quietly(node_id)
-        await self._store.transition(node_id, LIVE_STATES, NodeState.TERMINATED)
-        log.info("node %s: terminated with the orchestrator", node_id)
+        try:
+            if lost:
+                await self._store.transition(
+                    node_id, LIVE_STATES, NodeState.FAILED, LOST_LEADERSHIP
+                )
+            else:
+                await self._store.transition(node_id, LIVE_STATES, NodeState.TERMINATED)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            # Postgres is away (often why the lead was lost): the row stays live, and the next
+            # leader finds the node gone, fails it as lost and replaces it.
+            log.warning("node %s: ended, but cannot record it: %s", node_id, err)
+            return
+        if lost:
+            log.warning("node %s: ended as this replica stopped leading", node_id)
+        else:
+            log.info("node %s: terminated with the orchestrator", node_id)
 
     async def _bring_up(
         self,

@@ -155,7 +155,7 @@ class OrchestratorService:
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self.lifecycle is not None:
-            await self.lifecycle.shutdown()
+            await self.lifecycle.shutdown(leadership_lost=True)
         self._clear_gauges()
 
     def _clear_gauges(self) -> None:

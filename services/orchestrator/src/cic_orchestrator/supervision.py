@@ -15,7 +15,7 @@ import grpc
 
 from cic_orchestrator.health import Signals, judge, takes_traffic
 from cic_orchestrator.health_probe import HealthProbe
-from cic_orchestrator.lifecycle import NodeLifecycle
+from cic_orchestrator.lifecycle import LOST_LEADERSHIP, NodeLifecycle
 from cic_orchestrator.metrics import OrchestratorMetrics
 from cic_orchestrator.nodes import LIVE_STATES, NodeHealth, NodeRecord, NodeState
 from cic_orchestrator.providers import Providers
@@ -59,9 +59,13 @@ class Supervisor:
 
     async def reconcile(self) -> None:
         """Takes over the live nodes of a previous run: a node its provider can no longer reach
-        fails as lost; the others are probed again (draining ones: terminated)."""
+        fails as lost (and is replaced if it was ready); the others are probed again (draining
+        ones: terminated). Nodes a replica ended when it lost the lead are replaced."""
         records = await self._store.list(LIVE_STATES)
         await asyncio.gather(*(self._reconcile_one(record) for record in records))
+        for record in await self._store.list((NodeState.FAILED,)):
+            if record.failure_reason == LOST_LEADERSHIP and not record.replaced_by:
+                await self._lifecycle.replace(record, use_spot=record.use_spot)
         await self._lifecycle.refresh_gauges()
 
     async def _reconcile_one(self, record: NodeRecord) -> None:
