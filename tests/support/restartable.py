@@ -64,6 +64,7 @@ class RestartablePostgres:
     def start(self) -> None:
         import pgserver
 
+        self._wait_stopped()
         server = pgserver.get_server(str(self.folder), cleanup_mode="stop")
         self.url = server.get_uri()
 
@@ -74,3 +75,12 @@ class RestartablePostgres:
         server = pgserver.PostgresServer._instances.get(pgdata)
         if server is not None:
             server.cleanup()
+        self._wait_stopped()
+
+    def _wait_stopped(self) -> None:
+        """Until the last postmaster has removed its pid file: pgserver reads that file to tell
+        whether a server runs, and a busy machine can leave it behind for a moment."""
+        pid_file = self.folder / "postmaster.pid"
+        deadline = time.monotonic() + 20
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
