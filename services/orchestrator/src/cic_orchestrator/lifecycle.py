@@ -224,18 +224,20 @@ class NodeLifecycle:
         failed = await self._store.transition(record.id, allowed_from, NodeState.FAILED, reason)
         if failed is None:
             return
+        log.warning("node %s: failed: %s", record.id, reason)
+        # Out of the scheduler first, then a replacement, then the end of what remains (a
+        # cluster's teardown can take a while).
+        if failed.previous_state in (NodeState.READY, NodeState.DRAINING):
+            await self.deregister_quietly(failed.id)
         if failed.previous_state is NodeState.READY:
             await self.replace(failed, use_spot=failed.use_spot)
         elif spot_refused and failed.use_spot and self._settings.spot_fallback_on_demand:
             await self.replace(failed, use_spot=False)
-        log.warning("node %s: failed: %s", record.id, reason)
         try:
             await self._provider(failed).terminate(failed.id, failed.provider_handle)
         except Exception as err:
             # What remains of it is found again by the reconcile loop (it is no live node's).
             log.warning("node %s: cannot end what remains of it yet: %s", record.id, err)
-        if failed.previous_state in (NodeState.READY, NodeState.DRAINING):
-            await self.deregister_quietly(failed.id)
         await self.refresh_gauges()
 
     async def replace(self, record: NodeRecord, use_spot: bool) -> NodeRecord | None:

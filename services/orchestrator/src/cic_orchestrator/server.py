@@ -154,9 +154,15 @@ class OrchestratorService:
             await self.autoscaler.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
-        if self.lifecycle is not None:
-            await self.lifecycle.shutdown(leadership_lost=True)
-        self._clear_gauges()
+        try:
+            if self.lifecycle is not None:
+                await self.lifecycle.shutdown(leadership_lost=True)
+        except Exception:
+            # Postgres is often why the lead was lost; what could not be recorded is found by
+            # the next leader. The loop must go on, to take the lead again.
+            log.exception("leader: stepping down did not finish cleanly")
+        finally:
+            self._clear_gauges()
 
     def _clear_gauges(self) -> None:
         """Only the leader reports nodes and wishes (a standby's would be counted twice)."""
