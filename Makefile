@@ -46,7 +46,7 @@ test: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy libs/common/src services/*/src tools/vllm-sim/src tools/devstack/src bench
+	.venv/bin/mypy libs/common/src services/*/src agents/*/src tools/vllm-sim/src tools/devstack/src bench
 	.venv/bin/hadolint services/*/Dockerfile
 	.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yaml
 
