@@ -39,6 +39,12 @@ async def test_deployments_are_created_scaled_listed_and_deleted(gateway: Gatewa
     assert status == 400 and "max_nodes must be between" in refused["error"]["message"]
     status, empty = await gateway.admin("PATCH", f"/admin/deployments/{MODEL}", {})
     assert status == 400 and "at least one field" in empty["error"]["message"]
+    # null leaves a field as it is (the fuzzer's find: it was a 500)
+    nulls = {"use_spot": None, "accelerators": None, "max_nodes": 7}
+    status, kept = await gateway.admin("PATCH", f"/admin/deployments/{MODEL}", nulls)
+    assert status == 200, kept
+    assert (kept["use_spot"], kept["accelerators"], kept["max_nodes"]) == (True, "auto", 7)
+    status, scaled = await gateway.admin("PATCH", f"/admin/deployments/{MODEL}", {"max_nodes": 6})
 
     status, listed = await gateway.admin("GET", "/admin/deployments")
     assert status == 200 and [d["model"] for d in listed["data"]] == [MODEL]

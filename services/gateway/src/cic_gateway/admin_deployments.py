@@ -150,7 +150,8 @@ async def change_deployment(request: web.Request) -> web.Response:
     policy = await _get(request, model)
     if policy is None:
         raise _not_found(model)
-    for name, value in change.model_dump(exclude_unset=True).items():
+    # A field sent as null is left as it is (nothing here can be unset).
+    for name, value in change.model_dump(exclude_unset=True, exclude_none=True).items():
         if name in ("clouds", "vllm_args"):
             del getattr(policy, name)[:]
             getattr(policy, name).extend(value)
