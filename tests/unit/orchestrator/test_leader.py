@@ -100,7 +100,12 @@ async def test_a_leader_that_loses_its_lock_connection_steps_down(
         pb.RegisterNodeRequest(endpoint=running_server, model="cic-sim-small")
     )
     await leader.wait_state(running.node.id, pb.NODE_STATE_READY)
-    assert leader.metric("cic_orchestrator_nodes", state="ready", provider="external") == 1
+    await eventually(  # the gauges follow the records a moment later
+        now(
+            lambda: leader.metric("cic_orchestrator_nodes", state="ready", provider="external") == 1
+        ),
+        "the leader counts it",
+    )
 
     conn = await asyncpg.connect(database_url)
     try:
