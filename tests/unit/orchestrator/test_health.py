@@ -41,7 +41,10 @@ async def test_health_follows_the_three_signals_and_only_healthy_nodes_take_traf
     os.kill(pid, signal.SIGSTOP)
     try:
         await health_of(orchestrator, node.id, pb.NODE_HEALTH_SUSPECT)
-        assert scheduler.nodes[node.id].state == scheduler_pb2.NODE_STATE_DRAINING
+        await eventually(  # the drain follows the health it was decided on
+            now(lambda: scheduler.nodes[node.id].state == scheduler_pb2.NODE_STATE_DRAINING),
+            "out of the scheduler's rotation",
+        )
         assert orchestrator.metric("cic_orchestrator_node_health", health="suspect") == 1
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -57,7 +60,10 @@ async def test_health_follows_the_three_signals_and_only_healthy_nodes_take_traf
     token = await node_token(orchestrator, node.id)
     await orchestrator.stub.AgentRegister(pb.AgentRegisterRequest(node_id=node.id, token=token))
     await health_of(orchestrator, node.id, pb.NODE_HEALTH_DEGRADED)
-    assert scheduler.nodes[node.id].state == scheduler_pb2.NODE_STATE_DRAINING
+    await eventually(
+        now(lambda: scheduler.nodes[node.id].state == scheduler_pb2.NODE_STATE_DRAINING),
+        "out of the scheduler's rotation",
+    )
     await orchestrator.stub.AgentHeartbeat(
         pb.AgentHeartbeatRequest(node_id=node.id, token=token, vllm_healthy=True)
     )
