@@ -33,10 +33,10 @@ import uvloop
 from cpu import CpuMeter, platform_processes
 from loadgen import PhaseResult, build_request, run_phase
 from report import Figures, print_report
-from stores import free_port, fresh_database, stores
+from stores import fresh_database, stack_config, stores
 
 from cic_devstack.admin import AdminClient
-from cic_devstack.stack import Ports, Stack, StackConfig
+from cic_devstack.stack import Stack
 
 MODEL = "cic-sim-small"
 SIM_ARGS = ("--ttft-ms", "0", "--itl-ms", "0")
@@ -74,20 +74,8 @@ def _pin(pid: int, cpus: set[int]) -> None:
 async def _platform(
     database_url: str, redis_url: str, log_dir: Path, pin: bool
 ) -> AsyncIterator[Stack]:
-    bin_dir = Path(sys.executable).parent
-    config = StackConfig(
-        database_url=database_url,
-        redis_url=redis_url,
-        admin_token=secrets.token_urlsafe(32),
-        bin_dir=bin_dir,
-        ports=Ports(*(free_port() for _ in range(8))),
-        log_dir=log_dir,
-        log_format="json",
-        log_level="WARNING",
-        base_env={"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "HOME": str(log_dir)},
-        node_model=MODEL,
-        node_count=1,
-        node_args=SIM_ARGS,
+    config = stack_config(
+        database_url, redis_url, log_dir, node_model=MODEL, node_count=1, node_args=SIM_ARGS
     )
     cpus = sorted(os.sched_getaffinity(0))
     if pin and len(cpus) < 2:

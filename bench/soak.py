@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import secrets
 import sys
@@ -31,10 +30,10 @@ import asyncpg
 import orjson
 import uvloop
 from report import percentile
-from stores import free_port, fresh_database, stores
+from stores import free_port, fresh_database, stack_config, stores
 
 from cic_devstack.admin import AdminClient
-from cic_devstack.stack import Ports, Stack, StackConfig
+from cic_devstack.stack import Stack
 
 MODEL = "cic-sim-small"
 PROMPTS = [
@@ -179,21 +178,11 @@ async def _ledger(database_url: str, tally: Tally, wait_s: float = 60.0) -> dict
 async def _platform(
     database_url: str, redis_url: str, log_dir: Path, args: argparse.Namespace
 ) -> AsyncIterator[tuple[Stack, list[str]]]:
-    bin_dir = Path(sys.executable).parent
-    config = StackConfig(
-        database_url=database_url,
-        redis_url=redis_url,
-        admin_token=secrets.token_urlsafe(32),
-        bin_dir=bin_dir,
-        ports=Ports(*(free_port() for _ in range(8))),
-        log_dir=log_dir,
-        log_format="json",
-        log_level="WARNING",
-        base_env={
-            "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
-            "HOME": str(log_dir),
-            "REDIS_KEY_PREFIX": f"cic-soak-{secrets.token_hex(4)}:",
-        },
+    config = stack_config(
+        database_url,
+        redis_url,
+        log_dir,
+        env={"REDIS_KEY_PREFIX": f"cic-soak-{secrets.token_hex(4)}:"},
         node_model=MODEL,
         node_count=args.nodes,
         node_args=("--itl-ms", str(args.itl_ms)),

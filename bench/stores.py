@@ -8,12 +8,15 @@ import contextlib
 import os
 import secrets
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from cic_devstack.stack import Ports, StackConfig
 from cic_devstack.stores import embedded_postgres, embedded_redis
 
 
@@ -47,3 +50,29 @@ async def fresh_database(server_url: str) -> AsyncIterator[str]:
     finally:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
+
+
+def stack_config(
+    database_url: str,
+    redis_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    **fields: Any,
+) -> StackConfig:
+    """The platform as a benchmark runs it: free ports, JSON logs at WARNING in ``log_dir``, this
+    interpreter's console scripts; ``env`` adds settings, ``fields`` override StackConfig's."""
+    bin_dir = Path(sys.executable).parent
+    base_env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "HOME": str(log_dir)}
+    settings: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "admin_token": secrets.token_urlsafe(32),
+        "bin_dir": bin_dir,
+        "ports": Ports(*(free_port() for _ in range(8))),
+        "log_dir": log_dir,
+        "log_format": "json",
+        "log_level": "WARNING",
+        "base_env": {**base_env, **(env or {})},
+        **fields,
+    }
+    return StackConfig(**settings)
