@@ -123,7 +123,9 @@ async def test_a_node_killed_mid_stream(stack: Stack, database_url: str) -> None
 
         # Requests meanwhile are answered (a refused node is failed over before its first byte);
         # five seconds after the kill the dead node gets no traffic at all.
+        chats = 0
         while time.monotonic() - killed_at < 5:
+            chats += 1
             done = await client.chat.completions.create(
                 model=MODEL, messages=MESSAGES, max_tokens=2
             )
@@ -137,7 +139,9 @@ async def test_a_node_killed_mid_stream(stack: Stack, database_url: str) -> None
     # Out of rotation: its breaker open, or (when the orchestrator saw its process die first)
     # deregistered altogether.
     assert victim.id not in nodes or not nodes[victim.id].healthy
-    rows = await _ledger(database_url, tenant_id, rows=0)
+    # Every request reached a node: 6 streams at the kill, the chats meanwhile, 6 streams after.
+    rows = await _ledger(database_url, tenant_id, rows=6 + chats + 6)
+    assert len(rows) == 6 + chats + 6
     broken = [r for r in rows if r["node_id"] == victim.id and r["status_code"] != 200]
     # What the killed node produced before it died is billed: some tokens, not all.
     assert len(broken) == on_victim
