@@ -4,10 +4,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p test-artifacts
-# Tests spend most of their time waiting on the processes they start, so a few workers share two
+# Tests spend most of their time waiting on the processes they start, so two workers share two
 # cores well; a module's tests stay on one worker (its module-scoped fixtures start once).
 # CIC_TEST_WORKERS=0 runs everything in this one process.
-workers="${CIC_TEST_WORKERS:-3}"
+workers="${CIC_TEST_WORKERS:-2}"
 if [ "$workers" = "0" ]; then
   .venv/bin/pytest "$@"
 else
