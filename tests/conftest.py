@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.support import stores
+from tests.support.fake_stripe import FakeStripe
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,3 +60,12 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def fake_stripe() -> AsyncIterator[FakeStripe]:
+    """A local stand-in for Stripe's API that the real SDK talks to (tests/support/fake_stripe)."""
+    fake = FakeStripe()
+    await fake.start()
+    yield fake
+    await fake.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 
 import aiohttp
 import openai
@@ -17,14 +16,6 @@ from tests.support.platform import running_platform
 
 MODEL = "cic-sim-small"
 MESSAGES = [{"role": "user", "content": "Hello."}]
-
-
-@pytest.fixture
-async def fake_stripe() -> AsyncIterator[FakeStripe]:
-    stripe = FakeStripe()
-    await stripe.start()
-    yield stripe
-    await stripe.stop()
 
 
 async def test_no_secret_reaches_a_log_line(

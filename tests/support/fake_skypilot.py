@@ -7,18 +7,28 @@ launch parses the task with SkyPilot's own loader, pulls the model out of the ta
 (``sky.server.requests.requests.Request``), so the SDK decodes exactly what the real server
 would send. Only the routes the orchestrator uses are served: ``/api/health``, ``/validate``,
 ``/launch``, ``/status``, ``/endpoints``, ``/down``, ``/api/cancel``, ``/api/status``,
-``/api/get``.
+``/api/get``, ``/upload_v2/blob`` and ``/upload_v2`` (the SDK uploads a task's local
+``file_mounts`` there: a launch puts each file in its cluster's ``files`` at the destination
+the task names, and fails if one was not uploaded), and ``/logs`` (``sky.tail_logs``): a
+cluster's job output is its simulator's
+stdout and stderr, plus what a test adds with :meth:`FakeCluster.say`, streamed as SkyPilot's
+server streams it (plain text, with its keep-alive payload on a quiet stream) until the
+cluster is torn down or its process ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +49,19 @@ class FakeCluster:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     launched_at: float = field(default_factory=time.time)
+    log_path: Path | None = None  # the job's output (the simulator's stdout and stderr)
+    files: dict[str, bytes] = field(default_factory=dict)  # file_mounts, by path on the node
+    # Where it was launched, as SkyPilot's status records have it: cloud "AWS", region, and
+    # accelerators "{'H100': 1}" (None: not known).
+    cloud: str | None = None
+    region: str | None = None
+    accelerators: str | None = None
+
+    def say(self, text: str) -> None:
+        """Appends a line to the job's output, as vLLM logging something would."""
+        assert self.log_path is not None, "the cluster has not started its job"
+        with self.log_path.open("a") as out:
+            out.write(text + "\n")
 
 
 @dataclass
@@ -60,15 +83,22 @@ class FakeSkyPilot:
     ``fail_launches`` makes every launch fail as a cloud without capacity would.
     """
 
-    def __init__(self, provision_s: float = 0.2) -> None:
+    def __init__(self, provision_s: float = 0.2, keep_alive_s: float = 0.5) -> None:
         self.provision_s = provision_s
+        # A quiet /logs stream gets SkyPilot's keep-alive payload this often (its server: 30 s).
+        self.keep_alive_s = keep_alive_s
+        self._logs_dir = Path(tempfile.mkdtemp(prefix="fake-skypilot-"))
         self.fail_launches = False
         # While set and not yet released, /launch holds its answer (the SDK's call blocks).
         self.launch_gate: asyncio.Event | None = None
         self.clusters: dict[str, FakeCluster] = {}
         self.requests: dict[str, FakeRequest] = {}
         self.calls: list[str] = []
+        # Uploaded file mounts: blob id -> {absolute path on the client: content}.
+        self.blobs: dict[str, dict[str, bytes]] = {}
+        self._chunks: dict[str, dict[int, bytes]] = {}
         self.endpoint = ""
+        self.default_region = "us-west-2"  # where a launch naming no region is placed
         self._runner: web.AppRunner | None = None
         self._work: set[asyncio.Task[None]] = set()
 
@@ -83,6 +113,9 @@ class FakeSkyPilot:
         app.router.add_post("/api/cancel", self._cancel)
         app.router.add_get("/api/status", self._api_status)
         app.router.add_get("/api/get", self._api_get)
+        app.router.add_post("/logs", self._logs)
+        app.router.add_get("/upload_v2/blob", self._blob_exists)
+        app.router.add_post("/upload_v2", self._upload)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -98,6 +131,7 @@ class FakeSkyPilot:
             _end(cluster)
         if self._runner is not None:
             await self._runner.cleanup()
+        shutil.rmtree(self._logs_dir, ignore_errors=True)
 
     def add_cluster(self, name: str, model: str = "cic-sim-small") -> FakeCluster:
         """A cluster that exists on SkyPilot's side without this run having launched it."""
@@ -153,10 +187,25 @@ class FakeSkyPilot:
         dag = dag_utils.load_chain_dag_from_yaml_str(body.task)
         task = dag.tasks[0]
         model = _served_model(task.run)
+        uploaded = self.blobs.get(body.file_mounts_blob_id or "", {})
+        missing = [src for src in (task.file_mounts or {}).values() if src not in uploaded]
+        if missing:
+            error = ValueError(f"file mount source {missing[0]} was not uploaded")
+            fake = self._finished("sky.launch", body, body.cluster_name, error=error)
+            return _request_id(fake)
         cluster = self.clusters.get(body.cluster_name)
         if cluster is None:
             cluster = FakeCluster(body.cluster_name, body.task, model)
             self.clusters[body.cluster_name] = cluster
+        for on_node, src in (task.file_mounts or {}).items():
+            cluster.files[on_node] = uploaded[src]
+        resources = next(iter(task.resources))
+        if resources.cloud is not None:
+            # SkyPilot places a task that names no region in one it chooses.
+            cluster.cloud = str(resources.cloud)
+            cluster.region = resources.region or self.default_region
+        if resources.accelerators:
+            cluster.accelerators = str(resources.accelerators)
         fake = self._new_request("sky.launch", body, body.cluster_name)
         self._spawn(self._provision(fake, cluster))
         return _request_id(fake)
@@ -227,6 +276,89 @@ class FakeSkyPilot:
             return web.json_response({"detail": payload}, status=500)
         return web.json_response(payload)
 
+    async def _blob_exists(self, request: web.Request) -> web.Response:
+        self.calls.append("upload_v2/blob")
+        return web.json_response({"exists": request.query["blob_id"] in self.blobs})
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """One chunk of a zip of the task's local files; the last one unpacks it."""
+        from sky.schemas.api import responses
+        from sky.server.requests import payloads
+
+        blob_id = request.query["upload_id"]
+        index, total = int(request.query["chunk_index"]), int(request.query["total_chunks"])
+        self.calls.append(f"upload_v2 {index + 1}/{total}")
+        chunks = self._chunks.setdefault(blob_id, {})
+        chunks[index] = await request.read()
+        missing = [str(i) for i in range(total) if i not in chunks]
+        if missing:
+            status = responses.UploadStatus.UPLOADING.value
+            answer = payloads.UploadZipFileResponse(status=status, missing_chunks=missing)
+            return web.json_response(answer.model_dump())
+        data = b"".join(chunks[i] for i in range(total))
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            self.blobs[blob_id] = {
+                "/" + info.filename: archive.read(info)
+                for info in archive.infolist()
+                if not info.is_dir()
+            }
+        del self._chunks[blob_id]
+        answer = payloads.UploadZipFileResponse(status=responses.UploadStatus.COMPLETED.value)
+        return web.json_response(answer.model_dump())
+
+    async def _logs(self, request: web.Request) -> web.StreamResponse:
+        from sky import exceptions
+        from sky.server.requests import payloads
+
+        body = payloads.ClusterJobBody(**await request.json())
+        self.calls.append(f"logs {body.cluster_name}")
+        cluster = self.clusters.get(body.cluster_name)
+        if cluster is None or cluster.log_path is None:
+            error = exceptions.ClusterNotUpError(
+                f"Cluster {body.cluster_name!r} is not UP.", cluster_status=None
+            )
+            fake = self._finished("sky.tail_logs", body, body.cluster_name, error=error)
+            return web.Response(text="", headers={"X-Skypilot-Request-ID": fake.request_id})
+        fake = self._new_request("sky.tail_logs", body, body.cluster_name)
+        reply = web.StreamResponse(
+            headers={"X-Skypilot-Request-ID": fake.request_id, "Cache-Control": "no-cache"}
+        )
+        reply.content_type = "text/plain"
+        await reply.prepare(request)
+        try:
+            await self._stream_job_output(reply, cluster, body.follow, body.tail)
+            fake.return_value, fake.status = 0, "SUCCEEDED"
+            await reply.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            fake.status = "CANCELLED"  # the client went
+            raise
+        return reply
+
+    async def _stream_job_output(
+        self, reply: web.StreamResponse, cluster: FakeCluster, follow: bool, tail: int
+    ) -> None:
+        from sky.utils import message_utils, rich_utils
+
+        assert cluster.log_path is not None
+        keep_alive = message_utils.encode_payload(rich_utils.Control.HEARTBEAT.encode(""))
+        with cluster.log_path.open("rb") as job_output:
+            backlog = job_output.read()
+            if tail > 0:
+                backlog = b"".join(backlog.splitlines(keepends=True)[-tail:])
+            await reply.write(backlog)
+            quiet_since = time.monotonic()
+            while follow and self.clusters.get(cluster.name) is cluster:
+                chunk = job_output.read()
+                if chunk:
+                    await reply.write(chunk)
+                    quiet_since = time.monotonic()
+                elif cluster.process is not None and cluster.process.poll() is not None:
+                    return  # the job ended
+                elif time.monotonic() - quiet_since >= self.keep_alive_s:
+                    await reply.write(keep_alive.encode())
+                    quiet_since = time.monotonic()
+                await asyncio.sleep(0.02)
+
     # --- the work behind the requests ------------------------------------------------------
 
     async def _provision(self, fake: FakeRequest, cluster: FakeCluster) -> None:
@@ -244,12 +376,15 @@ class FakeSkyPilot:
             return
         if cluster.process is None:
             cluster.port = free_port()
-            cluster.process = subprocess.Popen(
-                [SIM, "--host", "127.0.0.1", "--port", str(cluster.port), "--model", cluster.model],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            cluster.log_path = self._logs_dir / f"{cluster.name}.log"
+            argv = [SIM, "--host", "127.0.0.1", "--port", str(cluster.port)]
+            with cluster.log_path.open("ab") as job_output:
+                cluster.process = subprocess.Popen(
+                    [*argv, "--model", cluster.model],
+                    stdout=job_output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         cluster.status = "UP"
         fake.return_value = (1, None)
         fake.status = "SUCCEEDED"
@@ -279,8 +414,10 @@ class FakeSkyPilot:
 
 
 def _served_model(run: str | None) -> str:
-    """The model of the task's ``[exec] vllm serve MODEL ...`` run command."""
-    words = shlex.split(run or "")
+    """The model of the task's ``[exec] vllm serve MODEL ...`` run command (its last line: the
+    node agent may be started in the background before it)."""
+    lines = (run or "").strip().splitlines()
+    words = shlex.split(lines[-1] if lines else "")
     if words[:1] == ["exec"]:
         words = words[1:]
     if words[:2] != ["vllm", "serve"] or len(words) < 3:
@@ -301,6 +438,9 @@ def _status_record(cluster: FakeCluster) -> Any:
         cluster_hash=cluster.name,
         cluster_ever_up=cluster.status == "UP",
         user_hash="cic-tests",
+        cloud=cluster.cloud,
+        region=cluster.region,
+        accelerators=cluster.accelerators,
         user_name="cic",
         workspace="default",
         is_managed=False,
@@ -313,7 +453,11 @@ def _payload(fake: FakeRequest) -> Any:
     from sky import core, execution
     from sky.server.requests import requests as requests_lib
 
-    entrypoints = {"sky.launch": execution.launch, "sky.down": core.down}
+    entrypoints = {
+        "sky.launch": execution.launch,
+        "sky.down": core.down,
+        "sky.tail_logs": core.tail_logs,
+    }
     request = requests_lib.Request(
         request_id=fake.request_id,
         name=fake.name,

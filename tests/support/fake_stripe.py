@@ -9,7 +9,9 @@ event whose identifier it already holds with HTTP 400 "An event already exists w
 …", replays a customer creation that repeats an idempotency key, and sums meter events per
 customer in ``/v1/billing/meters/{id}/event_summaries``, and opens customer-portal sessions
 (``/v1/billing_portal/sessions``) for customers it holds, or refuses them as Stripe does when no
-portal configuration is saved (``portal_configured = False``). It also signs webhook deliveries
+portal configuration is saved (``portal_configured = False``), and lists the invoices a test
+gave a customer (``add_invoice``; ``GET /v1/invoices?customer=``, newest first, as Stripe
+answers). It also signs webhook deliveries
 the way Stripe does (``Stripe-Signature: t=…,v1=HMAC-SHA256(secret, "t.body")``).
 """
 
@@ -54,6 +56,7 @@ class FakeStripe:
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     meter_events: dict[str, MeterEvent] = field(default_factory=dict)
     portal_sessions: list[dict[str, Any]] = field(default_factory=list)
+    invoices: list[dict[str, Any]] = field(default_factory=list)
     # False: portal sessions are refused as in an account whose portal was never configured.
     portal_configured: bool = True
     _failures: dict[str, deque[int]] = field(default_factory=lambda: defaultdict(deque))
@@ -74,6 +77,7 @@ class FakeStripe:
         app.router.add_post("/v1/billing/meter_events", self._create_meter_event)
         app.router.add_post("/v1/billing_portal/sessions", self._create_portal_session)
         app.router.add_get("/v1/billing/meters", self._list_meters)
+        app.router.add_get("/v1/invoices", self._list_invoices)
         app.router.add_get("/v1/billing/meters/{id}/event_summaries", self._summaries)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -108,6 +112,27 @@ class FakeStripe:
             c["id"] for c in self.customers.values() if c["metadata"]["cic_tenant_id"] == tenant_id
         ]
         return found
+
+    def add_invoice(
+        self, customer: str, amount_due: int, amount_paid: int, status: str = "paid"
+    ) -> dict[str, Any]:
+        """An invoice of the customer (amounts in cents), created now."""
+        number = next(self._ids)
+        invoice = {
+            "id": f"in_fake{number}",
+            "object": "invoice",
+            "customer": customer,
+            "number": f"FAKE-{number:04d}",
+            "status": status,
+            "amount_due": amount_due,
+            "amount_paid": amount_paid,
+            "currency": "usd",
+            "created": int(time.time()) + number,  # strictly increasing: a stable order
+            "hosted_invoice_url": f"https://invoice.stripe.com/i/test_fake{number}",
+            "livemode": False,
+        }
+        self.invoices.append(invoice)
+        return invoice
 
     # The API.
 
@@ -247,6 +272,29 @@ class FakeStripe:
             "timestamp": timestamp,
         }
         return self._answer(request, form, 200, body)
+
+    async def _list_invoices(self, request: web.Request) -> web.Response:
+        query = dict(request.query)
+        injected = self._injected(request, query, request.path)
+        if injected is not None:
+            return injected
+        customer = query.get("customer", "")
+        if customer not in self.customers:
+            message = f"No such customer: '{customer}'"
+            return self._answer(request, query, 400, self._invalid(message))
+        limit = int(query.get("limit", "10"))
+        found = sorted(
+            (i for i in self.invoices if i["customer"] == customer),
+            key=lambda i: i["created"],
+            reverse=True,
+        )
+        body = {
+            "object": "list",
+            "data": found[:limit],
+            "has_more": len(found) > limit,
+            "url": "/v1/invoices",
+        }
+        return self._answer(request, query, 200, body)
 
     async def _list_meters(self, request: web.Request) -> web.Response:
         meter = {

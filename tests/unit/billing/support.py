@@ -17,6 +17,7 @@ from cic_billing.config import Settings
 from cic_billing.server import BillingService, create_service
 from cic_common.grpc_client import create_channel
 from cic_common.settings import parse_settings
+from tests.support.fake_stripe import FakeStripe
 
 FINISHED = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -28,6 +29,7 @@ class RunningBilling:
     channel: grpc.aio.Channel
     registry: CollectorRegistry
     database_url: str
+    address: str = ""  # host:port of its gRPC server
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
@@ -40,6 +42,19 @@ class RunningBilling:
             await conn.close()
 
 
+def stripe_billing_env(redis_url: str, redis_prefix: str, stripe: FakeStripe) -> dict[str, str]:
+    """Settings for a billing service that talks to ``stripe`` and publishes budget state to
+    Redis, with Stripe reporting held back (tests send reports themselves)."""
+    return {
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+        "STRIPE_API_KEY": "sk_test_fake",
+        "STRIPE_API_BASE": stripe.url,
+        "STRIPE_REPORT_INTERVAL_S": "86400",
+        "STRIPE_RECONCILE_INTERVAL_S": "0",
+    }
+
+
 @contextlib.asynccontextmanager
 async def running_billing(database_url: str, **env: str) -> AsyncIterator[RunningBilling]:
     """The service built by its factory, serving on a free port, with a channel to it."""
@@ -50,7 +65,14 @@ async def running_billing(database_url: str, **env: str) -> AsyncIterator[Runnin
     channel = create_channel(f"127.0.0.1:{port}")
     try:
         stub = billing_pb2_grpc.BillingServiceStub(channel)
-        yield RunningBilling(service, stub, channel, registry, database_url)  # type: ignore[arg-type]
+        yield RunningBilling(
+            service,
+            stub,  # type: ignore[arg-type]
+            channel,
+            registry,
+            database_url,
+            f"127.0.0.1:{port}",
+        )
     finally:
         await channel.close()
         await service.stop()
@@ -70,11 +92,14 @@ def usage_event(
     prompt_tokens: int = 10,
     completion_tokens: int = 20,
     finished_at: datetime = FINISHED,
+    api_key_id: str = "key-1",
+    environment_id: str = "",
+    region: str = "",
 ) -> billing_pb2.UsageEvent:
     return billing_pb2.UsageEvent(
         request_id=request_id,
         tenant_id=tenant_id,
-        api_key_id="key-1",
+        api_key_id=api_key_id,
         model=model,
         node_id="node-1",
         prompt_tokens=prompt_tokens,
@@ -83,6 +108,8 @@ def usage_event(
         finished_at=timestamp(finished_at),
         streamed=True,
         status_code=200,
+        environment_id=environment_id,
+        region=region,
     )
 
 

@@ -32,14 +32,6 @@ STRIPE_ENV = {
 
 
 @pytest.fixture
-async def fake_stripe() -> AsyncIterator[FakeStripe]:
-    fake = FakeStripe()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def billing(database_url: str, fake_stripe: FakeStripe) -> AsyncIterator[RunningBilling]:
     env = {**STRIPE_ENV, "STRIPE_API_BASE": fake_stripe.url}
     async with running_billing(database_url, **env) as running:

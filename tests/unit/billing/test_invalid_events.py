@@ -67,6 +67,24 @@ async def test_cost_beyond_64_bits_is_rejected(billing: RunningBilling) -> None:
     assert await billing.ledger_rows() == []
 
 
+async def test_a_batch_costing_more_than_64_bits_in_total_is_rejected(
+    billing: RunningBilling,
+) -> None:
+    # Each fits in 64 bits (the default price, 1.5 micro-USD a completion token: 5e18); the sum not.
+    tokens = 3_333_333_333_333_333_334
+    events = [
+        usage_event(f"big-{i}", model="no-such-model", prompt_tokens=0, completion_tokens=tokens)
+        for i in range(2)
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await record(billing, *events)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "in total" in (err.value.details() or "")
+    assert await billing.ledger_rows() == []
+    one = await record(billing, events[0])
+    assert one.recorded == 1
+
+
 async def test_batch_limit(billing: RunningBilling) -> None:
     moment = datetime(2025, 1, 15, tzinfo=UTC)
     events = [usage_event(f"req-{i:05}", finished_at=moment) for i in range(5_001)]

@@ -18,7 +18,10 @@ from tests.unit.billing.support import (
 
 
 async def test_events_are_stored_with_every_field(billing: RunningBilling) -> None:
-    reply = await record(billing, usage_event("req-1", prompt_tokens=12, completion_tokens=34))
+    event = usage_event(
+        "req-1", prompt_tokens=12, completion_tokens=34, environment_id="env-1", region="nowhere"
+    )
+    reply = await record(billing, event)
     assert (reply.recorded, reply.duplicates) == (1, 0)
     [row] = await billing.ledger_rows()
     assert dict(row) | {"recorded_at": None} == {
@@ -29,13 +32,16 @@ async def test_events_are_stored_with_every_field(billing: RunningBilling) -> No
         "node_id": "node-1",
         "prompt_tokens": 12,
         "completion_tokens": 34,
-        "cost_micro_usd": 8,  # (12 * 100_000 + 34 * 200_000) / 1e6 = 8.0
+        "cost_micro_usd": 8,  # (12 * 100_000 + 34 * 200_000) / 1e6 = 8.0 (unknown region: 1x)
         "started_at": datetime(2025, 1, 15, 11, 59, 58, tzinfo=UTC),
         "finished_at": datetime(2025, 1, 15, 12, 0, tzinfo=UTC),
         "streamed": True,
         "status_code": 200,
         "recorded_at": None,
         "meter_report_id": None,  # no Stripe report has counted it yet
+        "environment_id": "env-1",
+        "region": "nowhere",
+        "credit_micro_usd": 0,  # the tenant has no prepaid credit
     }
 
 
@@ -49,6 +55,7 @@ async def test_empty_optional_fields_are_stored_as_null(billing: RunningBilling)
     assert (await record(billing, event)).recorded == 1
     [row] = await billing.ledger_rows()
     assert (row["api_key_id"], row["node_id"], row["started_at"]) == (None, None, None)
+    assert (row["environment_id"], row["region"]) == (None, None)
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost_micro_usd"]) == (0, 0, 0)
 
 

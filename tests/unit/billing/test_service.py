@@ -34,6 +34,9 @@ async def test_migrations_create_the_schema_once(database_url: str) -> None:
         (1, "0001_usage_ledger.sql"),
         (2, "0002_stripe.sql"),
         (3, "0003_billing_account.sql"),
+        (4, "0004_catalog_regions.sql"),
+        (5, "0005_notifications.sql"),
+        (6, "0006_credits_budgets.sql"),
     ]
 
     async with running_billing(database_url):
@@ -55,8 +58,17 @@ async def test_migrations_create_the_schema_once(database_url: str) -> None:
     finally:
         await conn.close()
     assert [t["table_name"] for t in tables] == [
+        "budget_spend",
+        "budgets",
+        "credit_draws",
+        "credit_grants",
         "meter_reports",
         "model_prices",
+        "notification_attempts",
+        "notification_channels",
+        "notification_deliveries",
+        "notification_events",
+        "regions",
         "schema_migrations",
         "stripe_customers",
         "stripe_events",

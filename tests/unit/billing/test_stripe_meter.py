@@ -18,14 +18,6 @@ METER_PATH = "/v1/billing/meter_events"
 
 
 @pytest.fixture
-async def fake_stripe() -> AsyncIterator[FakeStripe]:
-    fake = FakeStripe()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def billing(database_url: str, fake_stripe: FakeStripe) -> AsyncIterator[RunningBilling]:
     env = {
         "STRIPE_API_KEY": "sk_test_fake",

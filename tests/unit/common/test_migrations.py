@@ -5,7 +5,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from cic_common.db import migrate, open_pool
+from cic_common.db import close_pool, migrate, open_pool
 
 PACKAGE = "tests.unit.common.fixture_migrations"
 
@@ -51,3 +51,14 @@ async def test_bad_schema_name_refused(database_url: str) -> None:
             await migrate(conn, 'x"; DROP TABLE y; --', PACKAGE)
     finally:
         await conn.close()
+
+
+async def test_closing_a_pool_does_not_wait_for_ever_on_a_connection_never_given_back(
+    database_url: str,
+) -> None:
+    pool = await open_pool(database_url, "svc_close")
+    await pool.acquire()  # by a task that never gives it back (stuck, or forgotten)
+    await asyncio.wait_for(close_pool(pool, timeout_s=0.2), 10)
+    assert pool.is_closing()
+    with pytest.raises(asyncpg.InterfaceError):
+        await pool.acquire()

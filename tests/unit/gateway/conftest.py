@@ -43,12 +43,14 @@ class Gateway:
             body = await resp.json() if resp.content_type == "application/json" else None
             return resp.status, body
 
-    async def new_key(self, email: str | None = None) -> tuple[str, str, str]:
-        """A fresh tenant and key: (tenant id, key id, key)."""
+    async def new_key(self, email: str | None = None, **key_fields: Any) -> tuple[str, str, str]:
+        """A fresh tenant and key (``key_fields`` added to its body, e.g. ``role="admin"``):
+        (tenant id, key id, key)."""
         email = email or f"t-{secrets.token_hex(4)}@example.com"
         status, tenant = await self.admin("POST", "/admin/tenants", {"name": "T", "email": email})
         assert status == 201, tenant
-        status, key = await self.admin("POST", f"/admin/tenants/{tenant['id']}/keys", {"name": "k"})
+        body = {"name": "k", **key_fields}
+        status, key = await self.admin("POST", f"/admin/tenants/{tenant['id']}/keys", body)
         assert status == 201, key
         return tenant["id"], key["id"], key["key"]
 

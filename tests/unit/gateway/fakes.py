@@ -16,6 +16,8 @@ from cic.billing.v1 import billing_pb2, billing_pb2_grpc
 from cic.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from cic.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from cic_common.grpc_server import GrpcServer
+from tests.unit.gateway.fake_budgets import FakeBudgets
+from tests.unit.gateway.fake_notifications import FakeNotifications
 
 
 @dataclass
@@ -34,6 +36,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.nodes: list[scheduler_pb2.Node] = []
         self.picks: list[str] = []
         self.prefix_keys: list[str] = []
+        self.regions: list[str] = []
         self.excluded: list[list[str]] = []
         self.releases: list[Release] = []
         self._lease_ids = itertools.count(1)
@@ -58,6 +61,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.PickNodeResponse | tuple[grpc.StatusCode, str]:
         self.picks.append(request.model)
         self.prefix_keys.append(request.prefix_key)
+        self.regions.append(request.region)
         nodes = [n for n in self.nodes if n.model == request.model]
         if not nodes:
             return grpc.StatusCode.NOT_FOUND, f"unknown model {request.model}"
@@ -149,8 +153,36 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
 
 
-class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
+# An embedding model of the fake catalog, for tests that send embeddings to the fake node.
+EMBED_MODEL = "test-embed"
+# The models the gateway tests call, and their types, in the fake catalog.
+CATALOG_MODELS = {
+    "test-model": billing_pb2.MODEL_TYPE_CHAT,
+    "test-embed": billing_pb2.MODEL_TYPE_EMBEDDING,
+    "cic-sim-small": billing_pb2.MODEL_TYPE_CHAT,
+    "cic-sim-embed": billing_pb2.MODEL_TYPE_EMBEDDING,
+    "cold-model": billing_pb2.MODEL_TYPE_CHAT,
+}
+
+
+def catalog_model(
+    name: str, model_type: int = billing_pb2.MODEL_TYPE_CHAT
+) -> billing_pb2.CatalogModel:
+    model = billing_pb2.CatalogModel(
+        name=name,
+        type=model_type,  # type: ignore[arg-type]
+        context_length=4096,
+        prompt_micro_usd_per_mtok=100_000,
+        completion_micro_usd_per_mtok=200_000,
+    )
+    model.created_at.FromSeconds(1_700_000_000)
+    model.updated_at.FromSeconds(1_700_000_000)
+    return model
+
+
+class FakeBilling(FakeNotifications, FakeBudgets, billing_pb2_grpc.BillingServiceServicer):
     def __init__(self) -> None:
+        super().__init__()
         self.events: list[billing_pb2.UsageEvent] = []
         self.batches: list[int] = []
         self.fail_next = 0
@@ -171,6 +203,18 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
         self.portal_requests: list[billing_pb2.CreatePortalSessionRequest] = []
         self.portal_url = "https://billing.stripe.com/p/session/test_fake"
         self.portal_error: tuple[grpc.StatusCode, str] | None = None
+        # The model catalog the gateway's cache loads (ListModels), keyed by name; the models
+        # the gateway tests serve are in it. ``catalog_error`` makes ListModels refuse.
+        self.catalog: dict[str, billing_pb2.CatalogModel] = {
+            name: catalog_model(name, model_type) for name, model_type in CATALOG_MODELS.items()
+        }
+        self.catalog_error: tuple[grpc.StatusCode, str] | None = None
+        self.catalog_calls = 0
+        self.regions: dict[str, billing_pb2.Region] = {
+            "eu-west": billing_pb2.Region(
+                code="eu-west", name="Europe West", cost_multiplier_ppm=1_500_000
+            )
+        }
         self._arrived = asyncio.Condition()
 
     async def RecordUsage(self, request, context):
@@ -192,6 +236,68 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
     async def GetUsage(self, request, context):
         self.usage_queries.append(request)
         return self.usage_reply
+
+    async def ListModels(self, request, context):
+        self.catalog_calls += 1
+        if self.catalog_error is not None:
+            await context.abort(*self.catalog_error)
+        return billing_pb2.ListModelsResponse(
+            models=[self.catalog[n] for n in sorted(self.catalog)]
+        )
+
+    async def CreateModel(self, request, context):
+        if request.model.name in self.catalog:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "model is in the catalog")
+        model = billing_pb2.CatalogModel()
+        model.CopyFrom(request.model)
+        model.created_at.FromSeconds(1_700_000_000)
+        model.updated_at.FromSeconds(1_700_000_000)
+        self.catalog[model.name] = model
+        return model
+
+    async def UpdateModel(self, request, context):
+        model = self.catalog.get(request.name)
+        if model is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name!r}")
+        for name in (
+            "type",
+            "context_length",
+            "prompt_micro_usd_per_mtok",
+            "completion_micro_usd_per_mtok",
+        ):
+            if request.HasField(name):
+                setattr(model, name, getattr(request, name))
+        return model
+
+    async def DeleteModel(self, request, context):
+        if self.catalog.pop(request.name, None) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name!r}")
+        return billing_pb2.DeleteModelResponse()
+
+    async def ListRegions(self, request, context):
+        return billing_pb2.ListRegionsResponse(
+            regions=[self.regions[c] for c in sorted(self.regions)]
+        )
+
+    async def CreateRegion(self, request, context):
+        if request.region.code in self.regions:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "region already exists")
+        region = billing_pb2.Region()
+        region.CopyFrom(request.region)
+        region.created_at.FromSeconds(1_700_000_000)
+        region.updated_at.FromSeconds(1_700_000_000)
+        self.regions[region.code] = region
+        return region
+
+    async def UpdateRegion(self, request, context):
+        region = self.regions.get(request.code)
+        if region is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no region {request.code!r}")
+        if request.HasField("name"):
+            region.name = request.name
+        if request.HasField("cost_multiplier_ppm"):
+            region.cost_multiplier_ppm = request.cost_multiplier_ppm
+        return region
 
     def _price(self, model: str) -> billing_pb2.ModelPrice:
         prompt, completion = self.prices[model]

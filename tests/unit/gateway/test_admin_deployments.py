@@ -22,6 +22,7 @@ async def test_deployments_are_created_scaled_listed_and_deleted(gateway: Gatewa
         "min_nodes": 1,
         "max_nodes": 1,
         "target_queue_per_node": 8.0,
+        "target_latency_ms": 0.0,
         "accelerators": "auto",
         "clouds": ["aws", "gcp"],
         "use_spot": True,
@@ -45,6 +46,20 @@ async def test_deployments_are_created_scaled_listed_and_deleted(gateway: Gatewa
     assert status == 200, kept
     assert (kept["use_spot"], kept["accelerators"], kept["max_nodes"]) == (True, "auto", 7)
     status, scaled = await gateway.admin("PATCH", f"/admin/deployments/{MODEL}", {"max_nodes": 6})
+    # A latency target (time to first token) as a second scale-up signal; 0 turns it off.
+    status, timed = await gateway.admin(
+        "PATCH", f"/admin/deployments/{MODEL}", {"target_latency_ms": 250}
+    )
+    assert (status, timed["target_latency_ms"], timed["max_nodes"]) == (200, 250.0, 6)
+    for bad in (-1, 600_001, "fast"):
+        status, refused = await gateway.admin(
+            "PATCH", f"/admin/deployments/{MODEL}", {"target_latency_ms": bad}
+        )
+        assert (status, refused["error"]["param"]) == (400, "target_latency_ms"), refused
+    status, scaled = await gateway.admin(
+        "PATCH", f"/admin/deployments/{MODEL}", {"target_latency_ms": 0}
+    )
+    assert (status, scaled["target_latency_ms"]) == (200, 0.0)
 
     status, listed = await gateway.admin("GET", "/admin/deployments")
     assert status == 200 and [d["model"] for d in listed["data"]] == [MODEL]

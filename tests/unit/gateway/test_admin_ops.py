@@ -128,7 +128,14 @@ async def test_node_admin_calls_reach_the_orchestrator(gateway: Gateway) -> None
     name, request = orchestrator.calls[-1]
     assert name == "RegisterNode"
     assert isinstance(request, orchestrator_pb2.RegisterNodeRequest)
-    assert (request.endpoint, request.model) == ("http://10.0.0.5:8000", "m")
+    assert (request.endpoint, request.model, request.region) == ("http://10.0.0.5:8000", "m", "")
+
+    status, _ = await gateway.admin(
+        "POST",
+        "/admin/nodes",
+        {"endpoint": "http://10.0.0.6:8000", "model": "m", "region": "eu-west"},
+    )
+    assert status == 201 and orchestrator.calls[-1][1].region == "eu-west"
 
     status, launched = await gateway.admin(
         "POST",
@@ -155,6 +162,7 @@ async def test_node_admin_errors_are_mapped(gateway: Gateway) -> None:
     cases = [
         ("POST", "/admin/nodes", {"endpoint": "ftp://x", "model": "m"}, 400),
         ("POST", "/admin/nodes", {"endpoint": "http://x:1"}, 400),
+        ("POST", "/admin/nodes", {"endpoint": "http://x", "model": "m", "region": "eu west"}, 400),
         ("POST", "/admin/nodes/launch", {"model": "m"}, 400),
         (
             "POST",

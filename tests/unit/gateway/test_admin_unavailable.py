@@ -68,7 +68,8 @@ async def test_services_refusing_connections_answer_503_and_are_audited(
     _assert_unavailable(*await _call(gateway, "GET", "/v1/models", **tenant), "scheduler")
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     status, answer, _ = await _call(gateway, "POST", "/v1/chat/completions", chat, **tenant)
-    assert (status, answer["error"]["code"]) == (503, "no_ready_node")
+    # Billing never answered, so the model catalog never loaded: the gateway fails closed.
+    assert (status, answer["error"]["code"]) == (503, "catalog_unavailable")
 
     rows = [r for r in await _audit(database_url) if r["status"] == 503]
     assert [(r["method"], r["path"]) for r in rows] == [(m, p) for m, p, _, _ in calls]

@@ -21,6 +21,7 @@ from tests.unit.gateway.fakes import FakeServices
 from tests.unit.gateway.sims import SIM_MODEL, SimFarm
 
 MESSAGES = [{"role": "user", "content": "Say something about failover."}]
+EMBED_MODEL = "cic-sim-embed"  # an embedding model in the fake catalog
 NODE_ERROR = scheduler_pb2.OUTCOME_NODE_ERROR
 SUCCESS = scheduler_pb2.OUTCOME_SUCCESS
 
@@ -50,7 +51,7 @@ async def _one_of_each(client: openai.AsyncOpenAI) -> list[int]:
     )
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     completion = await client.completions.create(model=SIM_MODEL, prompt="a b c", max_tokens=3)
-    embedding = await client.embeddings.create(model=SIM_MODEL, input="a b c")
+    embedding = await client.embeddings.create(model=EMBED_MODEL, input="a b c")
     assert chat.choices[0].message.content and text and completion.choices[0].text
     assert embedding.data[0].embedding
     return [5, 7, 3, 0]
@@ -61,8 +62,12 @@ async def test_every_request_succeeds_via_the_retry_when_one_node_fails(
 ) -> None:
     bad = await sims.start(fail_rate=1.0)
     good = await sims.start()
+    bad_embed = await sims.start(EMBED_MODEL, fail_rate=1.0)
+    good_embed = await sims.start(EMBED_MODEL)
     services.scheduler.add_node("bad", SIM_MODEL, bad.endpoint)  # picked first, every time
     services.scheduler.add_node("good", SIM_MODEL, good.endpoint)
+    services.scheduler.add_node("bad", EMBED_MODEL, bad_embed.endpoint)
+    services.scheduler.add_node("good", EMBED_MODEL, good_embed.endpoint)
     gateway = await start_gateway()
     tenant_id, _, key = await gateway.new_key()
     async with _client(gateway, key) as client:
@@ -78,9 +83,13 @@ async def test_every_request_succeeds_via_the_retry_when_one_node_fails(
     assert {(e.node_id, e.status_code, e.tenant_id) for e in events} == {("good", 200, tenant_id)}
     assert [e.completion_tokens for e in events] == tokens
     good_stats, bad_stats = await good.stats(), await bad.stats()
-    assert sum(e.prompt_tokens for e in events) == good_stats["prompt_tokens"]
+    good_embed_stats, bad_embed_stats = await good_embed.stats(), await bad_embed.stats()
+    assert sum(e.prompt_tokens for e in events) == (
+        good_stats["prompt_tokens"] + good_embed_stats["prompt_tokens"]
+    )
     assert sum(e.completion_tokens for e in events) == good_stats["completion_tokens"]
-    assert (bad_stats["failed"], bad_stats["completion_tokens"]) == (4, 0)
+    assert (bad_stats["failed"], bad_stats["completion_tokens"]) == (3, 0)
+    assert bad_embed_stats["failed"] == 1
     assert _metric(gateway, "cic_gateway_failovers_total", result="retried") == 4
 
 

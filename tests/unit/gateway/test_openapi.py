@@ -4,10 +4,13 @@ behaviour it promises on every route (413 over MAX_BODY_BYTES, x-request-id on e
 from typing import Any
 
 import orjson
+import pytest
 import schemathesis
+import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from cic_gateway import openapi
 from cic_gateway.app import create_app
 from cic_gateway.openapi import OPENAPI_DOCUMENT, load_document, operations
 from tests.unit.gateway.conftest import ADMIN_TOKEN, Gateway, StartGateway, gateway_settings
@@ -45,6 +48,16 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     document = load_document()
     assert document["openapi"].startswith("3.1.")
     schemathesis.openapi.from_dict(document).validate()  # against the OpenAPI 3.1 meta-schema
+
+
+def test_a_name_given_twice_in_the_document_is_refused_not_silently_replaced() -> None:
+    """Two schemas of one name once hid each other (the last one won, unseen)."""
+    text = "a: &x {k: 1}\nb:\n  <<: *x\n  j: 2\ncomponents:\n  schemas:\n    S: {}\n    S: {}\n"
+    with pytest.raises(yaml.YAMLError, match=r"repeats the key\(s\) \['S'\]"):
+        yaml.load(text, Loader=openapi._Loader)  # noqa: S506 (a safe loader)
+    distinct = text.replace("    S: {}\n    S", "    S: {}\n    T")
+    loaded = yaml.load(distinct, Loader=openapi._Loader)  # noqa: S506 (a safe loader)
+    assert loaded["b"] == {"k": 1, "j": 2} and set(loaded["components"]["schemas"]) == {"S", "T"}
 
 
 def test_every_answer_names_its_headers_and_errors_have_openai_shape() -> None:
@@ -97,14 +110,22 @@ async def test_a_body_over_max_body_bytes_is_413_on_every_post_and_patch_route(
     start_gateway: StartGateway,
 ) -> None:
     gateway = await start_gateway(MAX_BODY_BYTES=str(SMALL_BODY_LIMIT))
-    tenant_id, _, key = await gateway.new_key()
+    tenant_id, _, key = await gateway.new_key(role="admin")  # may call every tenant route
+    _, environments = await gateway.admin("GET", f"/admin/tenants/{tenant_id}/environments")
+    ids = {
+        "{tenant_id}": tenant_id,
+        "{environment_id}": environments["data"][0]["id"],
+        "{channel_id}": "nch_0123456789abcdef",
+    }
     document = load_document()
     big = orjson.dumps({"name": "x" * SMALL_BODY_LIMIT, "model": "m"})
     checked = []
     for path, method, operation in operations(document):
         if method not in ("POST", "PATCH"):
             continue
-        url = gateway.url + path.replace("{tenant_id}", tenant_id)
+        url = gateway.url + path
+        for name, value in ids.items():
+            url = url.replace(name, value)
         headers = {**_credentials(document, operation, key), "Content-Type": "application/json"}
         async with gateway.session.request(method, url, data=big, headers=headers) as resp:
             body = await resp.json()

@@ -7,6 +7,7 @@ from typing import Any
 
 from cic_gateway.scheduler_client import PREFIX_KEY_CHARS, prefix_key
 from tests.unit.gateway.conftest import MODEL, Gateway
+from tests.unit.gateway.fakes import EMBED_MODEL
 
 SYSTEM = "You are a careful assistant. " * 30  # longer than PREFIX_KEY_CHARS
 
@@ -61,7 +62,8 @@ async def test_each_pick_carries_the_prefix_key_of_its_request(gateway: Gateway)
     await _post(gateway, key, "/v1/chat/completions", {**follow_up, "stream": True})
     await _post(gateway, key, "/v1/chat/completions", short)
     await _post(gateway, key, "/v1/completions", {"model": MODEL, "prompt": "abc", "max_tokens": 1})
-    await _post(gateway, key, "/v1/embeddings", {"model": MODEL, "input": "abc"})
+    gateway.services.scheduler.add_node("node-e", EMBED_MODEL, gateway.node.endpoint)
+    await _post(gateway, key, "/v1/embeddings", {"model": EMBED_MODEL, "input": "abc"})
 
     sent = gateway.services.scheduler.prefix_keys
     assert sent == [

@@ -2,6 +2,7 @@
 across buckets, token reservations settled with real usage, and honest Retry-After values."""
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -53,6 +54,7 @@ async def make_limiter(redis_url: str, redis_prefix: str) -> AsyncIterator[MakeL
         fail_open: bool = True,
         timeout_s: float = 1.0,
         registry: CollectorRegistry | None = None,
+        lease_s: float = 60.0,
     ) -> RateLimiter:
         limiter = RateLimiter(
             create_rate_limiter_redis(url, timeout_s),
@@ -62,6 +64,7 @@ async def make_limiter(redis_url: str, redis_prefix: str) -> AsyncIterator[MakeL
             fail_open=fail_open,
             timeout_s=timeout_s,
             window_s=window_s,
+            lease_s=lease_s,
         )
         made.append(limiter)
         return limiter
@@ -334,3 +337,21 @@ async def test_a_redis_that_never_answers_costs_the_timeout_at_most(
         for writer in held:
             writer.close()
         server.close()
+
+
+async def test_a_slot_given_back_while_redis_is_left_alone_is_free_again(
+    make_limiter: MakeLimiter,
+) -> None:
+    """After a Redis failure the limiter leaves Redis alone for a moment; a request that ends
+    then still gives its concurrency slot back, instead of holding it for a whole lease."""
+    limiter = make_limiter(lease_s=60.0)
+    auth = dataclasses.replace(key_auth(), concurrency_limit=1)
+    reservation = await limiter.acquire(auth, tokens(0))
+    await refused(limiter, auth)
+    limiter._paused_until = limiter._clock() + 0.2  # what a failed call to Redis sets
+    limiter.settle_soon(reservation)
+    await limiter.wait_settled()
+    await asyncio.sleep(0.25)
+    again = await limiter.acquire(auth, tokens(0))
+    assert again.slots, "admitted with its slot, not unlimited"
+    limiter.settle_soon(again)

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from cic.scheduler.v1 import scheduler_pb2
 from cic_gateway.resources import LIMITER
 from tests.unit.gateway.conftest import MODEL, Gateway, StartGateway
-from tests.unit.gateway.fakes import FakeServices
+from tests.unit.gateway.fakes import EMBED_MODEL, FakeServices
 from tests.unit.gateway.upstream import FakeNode
 
 MESSAGES = [{"role": "user", "content": "one two three"}]  # 4 + 13 bytes: 5 tokens estimated
@@ -240,10 +240,11 @@ async def test_redis_down_fails_closed_when_configured(
 
 
 async def test_embeddings_reserve_their_input_only(gateway: Gateway) -> None:
+    gateway.services.scheduler.add_node("node-e", EMBED_MODEL, gateway.node.endpoint)
     _, _, key = await limited_key(gateway, tpm_limit=100)
     async with gateway.session.post(
         gateway.url + "/v1/embeddings",
-        json={"model": MODEL, "input": "abcd" * 5},
+        json={"model": EMBED_MODEL, "input": "abcd" * 5},
         headers={"Authorization": f"Bearer {key}"},
     ) as resp:
         assert resp.status == 200

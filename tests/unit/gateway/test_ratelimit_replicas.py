@@ -3,20 +3,19 @@ limit: no more than the limit gets through across both, and every other request 
 
 import asyncio
 import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
 
 from cic_vllm_sim.app import create_app as create_sim_app
 from cic_vllm_sim.config import SimConfig
-from tests.support.net import free_port
 from tests.unit.gateway.conftest import ADMIN_TOKEN
 from tests.unit.gateway.fakes import FakeServices
+from tests.unit.gateway.processes import gateway_replicas
 
 SIM_MODEL = "cic-sim-small"
 RPM = 15
@@ -29,44 +28,6 @@ async def sim() -> AsyncIterator[TestServer]:
     await server.start_server()
     yield server
     await server.close()
-
-
-async def _start_gateway(env: dict[str, str], log: Path) -> tuple[str, asyncio.subprocess.Process]:
-    port = free_port()
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cic_gateway",
-            env={**env, "GATEWAY_PORT": str(port), "METRICS_PORT": str(free_port())},
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    return f"http://127.0.0.1:{port}", proc
-
-
-async def _wait_ready(session: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process):
-    for _ in range(600):
-        if proc.returncode is not None:
-            raise AssertionError(f"cic-gateway exited with {proc.returncode}")
-        try:
-            async with session.get(url + "/healthz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("cic-gateway never answered")
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=20)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 @pytest.fixture
@@ -94,16 +55,8 @@ async def two_gateways(
         "ORCHESTRATOR_ADDR": services.address,
         "LOG_FORMAT": "console",
     }
-    started = [await _start_gateway(env, tmp_path / f"gateway-{i}.log") for i in range(2)]
-    try:
-        async with aiohttp.ClientSession() as session:
-            for url, proc in started:
-                await _wait_ready(session, url, proc)
-        yield [url for url, _ in started]
-    finally:
-        for _, proc in started:
-            await _stop(proc)
-    assert [proc.returncode for _, proc in started] == [0, 0]
+    async with gateway_replicas(env, tmp_path) as urls:
+        yield urls
 
 
 async def test_two_replicas_never_let_more_than_the_limit_through(
@@ -148,3 +101,73 @@ async def test_two_replicas_never_let_more_than_the_limit_through(
     refilled = int(elapsed * RPM / WINDOW_S)
     assert RPM <= admitted <= RPM + refilled, (admitted, elapsed)
     assert statuses.count(429) == len(statuses) - admitted, sorted(set(statuses))
+
+
+async def test_two_replicas_share_an_environments_concurrency_slots(
+    two_gateways: list[str], sim: TestServer, redis_url: str, redis_prefix: str
+) -> None:
+    """Requests held open by the node across both replicas: exactly the environment's limit are
+    in flight, the others are refused at once naming the environment; once the node answers,
+    every slot is back (no lease left in Redis)."""
+    limit, sent = 4, 6
+    first, second = two_gateways
+    admin = {"X-Admin-Token": ADMIN_TOKEN}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post(
+            first + "/admin/tenants", json={"name": "C", "email": "c@example.com"}, headers=admin
+        ) as resp:
+            tenant = await resp.json()
+        async with session.get(
+            second + f"/admin/tenants/{tenant['id']}/environments", headers=admin
+        ) as resp:
+            production = (await resp.json())["data"][0]["id"]
+        async with session.patch(
+            first + f"/admin/environments/{production}",
+            json={"concurrency_limit": limit},
+            headers=admin,
+        ) as resp:
+            assert resp.status == 200
+        async with session.post(
+            second + f"/admin/tenants/{tenant['id']}/keys", json={"name": "k"}, headers=admin
+        ) as resp:
+            key = (await resp.json())["key"]
+        sim_url = f"http://127.0.0.1:{sim.port}"
+        async with session.post(sim_url + "/sim/config", json={"hang": True}) as resp:
+            assert resp.status == 200
+
+        body = {
+            "model": SIM_MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+        }
+        headers = {"Authorization": f"Bearer {key}"}
+
+        async def one(url: str) -> tuple[int, str | None]:
+            async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+                await r.read()
+                return r.status, r.headers.get("x-ratelimit-scope")
+
+        tasks = [asyncio.create_task(one(two_gateways[i % 2])) for i in range(sent)]
+        done, pending = await asyncio.wait(tasks, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(done) < sent - limit:
+            assert asyncio.get_running_loop().time() < deadline, [t.result() for t in done]
+            more, pending = await asyncio.wait(
+                pending, timeout=1, return_when=asyncio.FIRST_COMPLETED
+            )
+            done |= more
+        assert sorted(t.result() for t in done) == [(429, "environment")] * (sent - limit)
+
+        async with session.post(sim_url + "/sim/config", json={"hang": False}) as resp:
+            assert resp.status == 200
+        assert [status for status, _ in await asyncio.gather(*pending)] == [200] * limit
+
+    redis = Redis.from_url(redis_url)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while [k async for k in redis.scan_iter(match=f"{redis_prefix}rl:*:concurrent")]:
+            assert asyncio.get_running_loop().time() < deadline, "a slot was never given back"
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()

@@ -39,6 +39,7 @@ from tests.unit.gateway.conftest import ADMIN_TOKEN, Gateway, StartGateway
 from tests.unit.gateway.fakes import FAKE_NODE_TOKEN, FakeServices
 
 SIM_MODEL = "cic-sim-small"
+EMBED_MODEL = "cic-sim-embed"  # /v1/embeddings takes an embedding model of the catalog
 FAKE_NODE_ID = "node-0123456789ab"  # the fake orchestrator knows the ids that start with "node-"
 EXAMPLES_PER_OPERATION = 20
 STREAM_EXAMPLES = 8
@@ -61,14 +62,17 @@ Outcomes = Counter[tuple[int, str]]
 
 @dataclass(frozen=True)
 class Target:
-    """Where the cases go and what they carry: a tenant's key for the tenant API, the admin
-    token for the admin API, and ids of objects that exist (a tenant other than the key's, so
-    that suspending it or revoking its key does not stop the run)."""
+    """Where the cases go and what they carry: a tenant's key (role ``admin``: every tenant
+    route) for the tenant API, the admin token for the admin API, and ids of objects that exist
+    (a tenant other than the key's, and its environment, so that suspending them or revoking its
+    key does not stop the run; for the tenant's own keys API, a spare key of the key's tenant)."""
 
     url: str
     api_key: str
     tenant_id: str
     key_id: str
+    environment_id: str = ""
+    own_key_id: str = ""
 
 
 @dataclass
@@ -80,6 +84,14 @@ class Report:
 @pytest.fixture
 async def sim() -> AsyncIterator[TestServer]:
     server = TestServer(create_sim_app(SimConfig(model=SIM_MODEL)), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def embed_sim() -> AsyncIterator[TestServer]:
+    server = TestServer(create_sim_app(SimConfig(model=EMBED_MODEL)), host="127.0.0.1")
     await server.start_server()
     yield server
     await server.close()
@@ -100,7 +112,7 @@ def _aimed_at_the_node(case: Case) -> Case:
     work asked of it kept small (the run's time stays bounded; the values are still valid)."""
     body = case.body
     if isinstance(body, dict) and "model" in body:
-        body["model"] = SIM_MODEL
+        body["model"] = EMBED_MODEL if case.operation.path == "/v1/embeddings" else SIM_MODEL
         for field, most in NODE_WORK_LIMITS.items():
             if isinstance(body.get(field), int) and body[field] > most:
                 body[field] = most
@@ -114,9 +126,11 @@ def _streamed(case: Case, usage: bool) -> Case:
 
 
 def _known_ids(operation: APIOperation, target: Target) -> dict[str, str]:
+    own = operation.path.startswith("/v1/")
     known = {
         "tenant_id": target.tenant_id,
-        "key_id": target.key_id,
+        "key_id": target.own_key_id if own else target.key_id,
+        "environment_id": target.environment_id,
         "node_id": FAKE_NODE_ID,
         "model": SIM_MODEL,  # the fake billing has its price
     }
@@ -205,16 +219,20 @@ def run_schemathesis(target: Target) -> Report:
 
 
 async def test_the_live_gateway_keeps_to_its_openapi_document(
-    start_gateway: StartGateway, services: FakeServices, sim: TestServer
+    start_gateway: StartGateway, services: FakeServices, sim: TestServer, embed_sim: TestServer
 ) -> None:
     services.scheduler.add_node("sim-1", SIM_MODEL, f"http://127.0.0.1:{sim.port}")
+    services.scheduler.add_node("sim-embed", EMBED_MODEL, f"http://127.0.0.1:{embed_sim.port}")
     gateway = await start_gateway(**GENEROUS_LIMITS)  # limits on: answers carry x-ratelimit-*
-    _, _, api_key = await gateway.new_key()
+    own_tenant_id, _, api_key = await gateway.new_key(role="admin")
+    _, spare = await gateway.admin("POST", f"/admin/tenants/{own_tenant_id}/keys", {"name": "s"})
     tenant_id, key_id, _ = await gateway.new_key()
-
-    report = await asyncio.to_thread(
-        run_schemathesis, Target(gateway.url, api_key, tenant_id, key_id)
+    _, environments = await gateway.admin("GET", f"/admin/tenants/{tenant_id}/environments")
+    target = Target(
+        gateway.url, api_key, tenant_id, key_id, environments["data"][0]["id"], spare["id"]
     )
+
+    report = await asyncio.to_thread(run_schemathesis, target)
 
     assert not report.failures, "\n\n".join(report.failures)
     assert set(report.fuzzed) == {(path, method) for path, method, _ in operations(load_document())}
@@ -222,7 +240,7 @@ async def test_the_live_gateway_keeps_to_its_openapi_document(
     # routes through the node, streams included (their events checked one by one).
     for (path, method), outcomes in report.fuzzed.items():
         assert any(200 <= status < 300 for status, _ in outcomes), (method, path, outcomes)
-        if path.startswith("/v1/") and method == "POST":
+        if path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             assert outcomes[(200, "application/json")] > 0, (path, outcomes)
         if path in STREAMING_PATHS:
             assert outcomes[(200, "text/event-stream")] > 0, (path, outcomes)

@@ -1,9 +1,12 @@
 """The official ``openai`` SDK, sync and async, unchanged, against the gateway in front of a
 simulated vLLM node: chat, completions, embeddings and models, streamed and not."""
 
-from tests.unit.gateway.conftest import Gateway
+from tests.unit.gateway.conftest import Gateway, StartGateway
+from tests.unit.gateway.fakes import FakeServices
 from tests.unit.gateway.sdk import KINDS, Sdk
-from tests.unit.gateway.sims import SIM_MODEL
+from tests.unit.gateway.sims import SIM_MODEL, SimFarm
+
+EMBED_MODEL = "cic-sim-embed"  # an embedding model in the fake catalog
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
@@ -54,10 +57,15 @@ async def test_completions(sim_gateway: Gateway) -> None:
         assert all(c.usage is None for c in chunks)
 
 
-async def test_embeddings(sim_gateway: Gateway) -> None:
+async def test_embeddings(
+    start_gateway: StartGateway, services: FakeServices, sims: SimFarm
+) -> None:
+    sim = await sims.start(EMBED_MODEL)
+    services.scheduler.add_node("sim-embed", EMBED_MODEL, sim.endpoint)
+    sim_gateway = await start_gateway()
     for count, sdk in enumerate(await _clients(sim_gateway), start=1):
         answer = await sdk.run(
-            lambda c: c.embeddings.create(model=SIM_MODEL, input=["first text", "second text"])
+            lambda c: c.embeddings.create(model=EMBED_MODEL, input=["first text", "second text"])
         )
         assert [d.index for d in answer.data] == [0, 1]
         assert all(len(d.embedding) == 32 for d in answer.data)

@@ -9,7 +9,7 @@ import pytest
 from cic.scheduler.v1 import scheduler_pb2
 from cic_gateway.resources import DB
 from tests.unit.gateway.conftest import MODEL, Gateway, StartGateway
-from tests.unit.gateway.fakes import FakeServices
+from tests.unit.gateway.fakes import EMBED_MODEL, FakeServices
 
 MESSAGES = [{"role": "user", "content": "one two three four"}]
 
@@ -62,10 +62,11 @@ async def test_non_streamed_chat_relays_the_node_and_bills_its_usage(gateway: Ga
 
 
 async def test_completions_and_embeddings_are_forwarded_and_billed(gateway: Gateway) -> None:
+    gateway.services.scheduler.add_node("node-e", EMBED_MODEL, gateway.node.endpoint)
     _, _, key = await gateway.new_key()
     async with _client(gateway, key) as client:
         completion = await client.completions.create(model=MODEL, prompt="a b c", max_tokens=3)
-        embedding = await client.embeddings.create(model=MODEL, input="a b c d e")
+        embedding = await client.embeddings.create(model=EMBED_MODEL, input="a b c d e")
     assert completion.choices[0].text == "tok " * 3
     assert len(embedding.data[0].embedding) == 3
     events = await gateway.services.billing.wait_for_events(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import aiohttp
 import grpc
 import pytest
 
@@ -68,6 +69,9 @@ BAD_POLICIES = [
     (local_policy(target_queue_per_node=0), "target_queue_per_node must be above 0"),
     (local_policy(target_queue_per_node=math.nan), "target_queue_per_node must be a finite"),
     (local_policy(target_queue_per_node=math.inf), "target_queue_per_node must be a finite"),
+    (local_policy(target_latency_ms=-1), "target_latency_ms must be between 0 (not used)"),
+    (local_policy(target_latency_ms=10**6), "target_latency_ms must be between 0 (not used)"),
+    (local_policy(target_latency_ms=math.nan), "target_latency_ms must be a finite"),
     (local_policy(model=""), "model must be"),
     (local_policy(model="a b"), "model must be"),
     (local_policy(cloud="local; id"), "cloud must be"),
@@ -250,3 +254,90 @@ async def test_below_min_nodes_it_launches_at_once_but_does_not_hammer_failing_l
     assert await launched_at(30) == 2
     failed = (await orchestrator.stub.ListNodes(pb.ListNodesRequest())).nodes[0]
     assert failed.failure_reason == "process exited with code 1 before /health answered"
+
+
+async def _request(endpoint: str) -> None:
+    """One completion served by the node (its time to first token lands in its /metrics)."""
+    body = {"model": "cic-sim-small", "prompt": "hello", "max_tokens": 1}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{endpoint}/v1/completions", json=body) as reply,
+    ):
+        assert reply.status == 200, await reply.text()
+
+
+async def test_latency_above_target_scales_up_alone_within_max_and_holds_scale_down(
+    start_orchestrator, scheduler
+) -> None:
+    """Nodes slowed to 300 ms to first token, a 100 ms target, no queue at all: one node more
+    after SCALE_UP_AFTER_S of high latency (none while one launches), up to max_nodes; no
+    scale-down while latency stays high; with no traffic, the queue decides again."""
+    orchestrator: Orchestrator = await start_orchestrator(**NOT_LOOKING)
+    service = orchestrator.service
+    slow = ["--ttft-ms", "300", "--itl-ms", "1"]
+    stored = await _set(
+        orchestrator,
+        local_policy(min_nodes=1, max_nodes=3, target_latency_ms=100, vllm_args=slow),
+    )
+    assert stored.target_latency_ms == 100
+    clock = Clock()
+    pool = service._pool
+    assert pool is not None and service.lifecycle is not None
+    autoscaler = Autoscaler(
+        PolicyStore(pool),
+        NodeStore(pool),
+        service.scheduler,
+        service.lifecycle,
+        service.metrics,
+        interval_s=1,
+        scale_up_after_s=30,
+        scale_down_after_s=300,
+        clock=clock,
+    )
+    desired = lambda: orchestrator.metric(  # noqa: E731
+        "cic_orchestrator_desired_nodes", model="cic-sim-small"
+    )
+
+    async def at(second: float, traffic: bool = True) -> int:
+        """Every ready node serves a request, then the autoscaler looks at ``second``."""
+        if traffic:
+            for node in await _ready(orchestrator):
+                await _request(node.endpoint)
+        clock.now = second
+        await autoscaler.round()
+        return len(await _live(orchestrator))
+
+    async def all_ready(count: int) -> None:
+        async def check() -> bool:
+            nodes = await _ready(orchestrator)
+            return len(nodes) == count and all(n.id in scheduler.nodes for n in nodes)
+
+        await eventually(check, f"{count} ready node(s)", timeout=30)
+
+    try:
+        assert await at(0, traffic=False) == 1  # min_nodes, at once
+        await all_ready(1)
+        assert await at(1) == 1  # the first look at the node's /metrics: a baseline
+        assert desired() == 1
+        assert [await at(t) for t in (2, 20, 31.9)] == [1, 1, 1]  # 300 ms, wanted since 2
+        ttft = orchestrator.metric(
+            "cic_orchestrator_time_to_first_token_seconds", model="cic-sim-small"
+        )
+        assert ttft is not None and 0.2 < ttft < 5  # the simulators' 300 ms, above target
+        assert desired() == 2
+        assert await at(32) == 2  # 30 s of high latency: one node more (the queue is empty)
+        assert await at(70) == 2  # none more while it launches
+        await all_ready(2)
+        assert [await at(t) for t in (71, 100.9)] == [2, 2]
+        assert await at(101) == 3
+        await all_ready(3)
+        assert [await at(t) for t in (102, 140, 200)] == [3, 3, 3]  # max_nodes
+        assert desired() == 3
+        # High latency holds the nodes although the queue wants min_nodes...
+        assert [await at(t) for t in (600, 1000)] == [3, 3]
+        # ...no traffic (no latency known): the queue decides, and one drains after 300 s.
+        assert [await at(t, traffic=False) for t in (1001, 1300.9)] == [3, 3]
+        assert await at(1301, traffic=False) == 2
+        assert scheduler.load == {}  # the queue never asked for any of it
+    finally:
+        await autoscaler.stop()

@@ -25,6 +25,7 @@ async def test_register_adopts_then_terminate_leaves_it_running(
     await eventually(now(lambda: node.id in scheduler.nodes), "registration")
     assert scheduler.nodes[node.id].endpoint == running_server
     assert scheduler.nodes[node.id].labels["provider"] == "external"
+    assert "region" not in scheduler.nodes[node.id].labels
 
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await orchestrator.stub.RegisterNode(
@@ -52,18 +53,43 @@ async def test_register_of_a_server_that_never_answers_fails(start_orchestrator,
     await eventually(now(lambda: orchestrator.launches("external", "timeout") == 1), "counted")
 
 
+async def test_a_registered_server_carries_the_region_it_was_given(
+    orchestrator: Orchestrator, scheduler, running_server: str
+) -> None:
+    reply = await orchestrator.stub.RegisterNode(
+        pb.RegisterNodeRequest(endpoint=running_server, model="cic-sim-small", region="eu-west")
+    )
+    await orchestrator.wait_state(reply.node.id, pb.NODE_STATE_READY)
+    await eventually(now(lambda: reply.node.id in scheduler.nodes), "registration")
+    assert scheduler.nodes[reply.node.id].labels["region"] == "eu-west"
+
+
+async def test_local_nodes_carry_the_local_sim_region(start_orchestrator, scheduler) -> None:
+    orchestrator = await start_orchestrator(LOCAL_SIM_REGION="us-east")
+    reply = await orchestrator.stub.LaunchNode(
+        pb.LaunchNodeRequest(model="cic-sim-small", accelerators="SIM:1", cloud="local")
+    )
+    await orchestrator.wait_state(reply.node.id, pb.NODE_STATE_READY)
+    await eventually(now(lambda: reply.node.id in scheduler.nodes), "registration")
+    labels = scheduler.nodes[reply.node.id].labels
+    assert (labels["cloud"], labels["region"], labels["accelerator"]) == ("local", "us-east", "SIM")
+
+
 @pytest.mark.parametrize(
-    ("endpoint", "model", "message"),
+    ("endpoint", "model", "message", "region"),
     [
-        ("10.0.0.5:8000", "m", "endpoint must be"),
-        ("http://10.0.0.5:8000/v1", "m", "endpoint must be"),
-        ("http://10.0.0.5:8000", "", "model must be"),
+        ("10.0.0.5:8000", "m", "endpoint must be", ""),
+        ("http://10.0.0.5:8000/v1", "m", "endpoint must be", ""),
+        ("http://10.0.0.5:8000", "", "model must be", ""),
+        ("http://10.0.0.5:8000", "m", "region must be", "eu west"),
     ],
 )
 async def test_register_refuses_bad_input(
-    orchestrator: Orchestrator, endpoint: str, model: str, message: str
+    orchestrator: Orchestrator, endpoint: str, model: str, message: str, region: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await orchestrator.stub.RegisterNode(pb.RegisterNodeRequest(endpoint=endpoint, model=model))
+        await orchestrator.stub.RegisterNode(
+            pb.RegisterNodeRequest(endpoint=endpoint, model=model, region=region)
+        )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in refused.value.details()

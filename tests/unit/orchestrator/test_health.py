@@ -5,6 +5,7 @@ is silent, and dead — failed and replaced — when nothing answers for NODE_DE
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -80,3 +81,55 @@ async def test_health_follows_the_three_signals_and_only_healthy_nodes_take_traf
     replacement = await replacement_of(orchestrator, node.id)
     await orchestrator.wait_state(replacement.id, pb.NODE_STATE_READY)
     await health_of(orchestrator, replacement.id, pb.NODE_HEALTH_HEALTHY)
+
+
+async def test_an_agent_that_reports_vllm_failing_takes_the_node_out_of_traffic(
+    start_orchestrator, scheduler
+) -> None:
+    """The agent's own view of vLLM is the third signal: while the control plane's probe
+    answers, an agent that says vLLM's /health fails makes the node degraded (no traffic); with
+    the probe failing too, the node is dead after NODE_DEAD_AFTER_S although its agent talks."""
+    orchestrator = await start_orchestrator(**HEALTH_ENV)
+    node = (await orchestrator.stub.LaunchNode(local_launch(vllm_args=FAST))).node
+    await orchestrator.wait_state(node.id, pb.NODE_STATE_READY)
+    token = await node_token(orchestrator, node.id)
+    await orchestrator.stub.AgentRegister(pb.AgentRegisterRequest(node_id=node.id, token=token))
+    vllm_healthy = False
+    beating = True
+
+    async def beat() -> None:  # the agent heart-beats for as long as the test wants
+        while beating:
+            await orchestrator.stub.AgentHeartbeat(
+                pb.AgentHeartbeatRequest(node_id=node.id, token=token, vllm_healthy=vllm_healthy)
+            )
+            await asyncio.sleep(0.05)
+
+    agent = asyncio.create_task(beat())
+    try:
+        await health_of(orchestrator, node.id, pb.NODE_HEALTH_DEGRADED)
+        await eventually(
+            now(lambda: scheduler.nodes[node.id].state == scheduler_pb2.NODE_STATE_DRAINING),
+            "out of the scheduler's rotation",
+        )
+        vllm_healthy = True
+        await health_of(orchestrator, node.id, pb.NODE_HEALTH_HEALTHY)
+        await eventually(
+            now(lambda: scheduler.nodes[node.id].state == scheduler_pb2.NODE_STATE_READY),
+            "back in the scheduler's rotation",
+        )
+
+        # vLLM stops answering anyone; the agent says so: dead, failed and replaced.
+        vllm_healthy = False
+        pid = (await orchestrator.handle(node.id))["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            failed = await orchestrator.wait_state(node.id, pb.NODE_STATE_FAILED)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        beating = False
+        await asyncio.gather(agent, return_exceptions=True)
+    assert failed.health == pb.NODE_HEALTH_DEAD
+    assert failed.failure_reason == "/health failing; the agent last reported vLLM failing too"
+    replacement = await replacement_of(orchestrator, node.id)
+    await orchestrator.wait_state(replacement.id, pb.NODE_STATE_READY)

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 
 import aiohttp
 import grpc
@@ -46,6 +47,7 @@ async def test_launch_runs_a_simulator_and_registers_it_once_healthy(
         "provider": "local",
         "cloud": "local",
         "accelerators": "SIM:1",
+        "accelerator": "SIM",
     }
     await eventually(now(lambda: scheduler.count("Heartbeat", node.id) >= 2), "heartbeats")
 
@@ -164,19 +166,24 @@ async def test_heartbeat_registers_a_node_the_scheduler_forgot(
 
 
 async def test_a_node_becomes_ready_while_the_scheduler_is_unreachable(
-    start_orchestrator, scheduler, caplog
+    start_orchestrator, caplog
 ) -> None:
-    await scheduler.stop()
-    orchestrator = await start_orchestrator()
-    reply = await orchestrator.stub.LaunchNode(local_launch())
-    node = await orchestrator.wait_state(reply.node.id, pb.NODE_STATE_READY)
-    assert process_runs(await orchestrator.handle(node.id))
+    # The scheduler's address is a port held bound but never listening: every connection is
+    # refused at once, and no server another test starts meanwhile can take the port (a
+    # stopped scheduler's freed port could be, and then answered the heartbeats).
+    with socket.socket() as unreachable:
+        unreachable.bind(("127.0.0.1", 0))
+        port = unreachable.getsockname()[1]
+        orchestrator = await start_orchestrator(SCHEDULER_ADDR=f"127.0.0.1:{port}")
+        reply = await orchestrator.stub.LaunchNode(local_launch())
+        node = await orchestrator.wait_state(reply.node.id, pb.NODE_STATE_READY)
+        assert process_runs(await orchestrator.handle(node.id))
 
-    def skipped_rounds() -> int:
-        return sum("heartbeats skipped" in r.getMessage() for r in caplog.records)
+        def skipped_rounds() -> int:
+            return sum("heartbeats skipped" in r.getMessage() for r in caplog.records)
 
-    await eventually(now(lambda: skipped_rounds() >= 2), "heartbeat rounds go on")
-    assert (await orchestrator.node(node.id)).state == pb.NODE_STATE_READY
+        await eventually(now(lambda: skipped_rounds() >= 2), "heartbeat rounds go on")
+        assert (await orchestrator.node(node.id)).state == pb.NODE_STATE_READY
 
 
 def _registered(scheduler, node_id: str):

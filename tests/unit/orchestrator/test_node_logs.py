@@ -10,7 +10,15 @@ import grpc
 import pytest
 
 from cic.orchestrator.v1 import orchestrator_pb2 as pb
-from tests.unit.orchestrator.conftest import Orchestrator, eventually, local_launch, now
+from cic_orchestrator.node_logs import NodeLogs
+from tests.support.fake_skypilot import FakeSkyPilot
+from tests.unit.orchestrator.conftest import (
+    Orchestrator,
+    eventually,
+    local_launch,
+    now,
+    skypilot_env,
+)
 from tests.unit.orchestrator.test_agents import FAST
 
 
@@ -49,3 +57,67 @@ async def test_a_nodes_log_is_followed_from_launch_to_termination(
         ):
             pass
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_skypilot_nodes_log_has_its_launch_then_its_runtime_output(
+    skypilot: FakeSkyPilot, start_orchestrator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cluster's job output (vLLM's own log) is followed with SkyPilot's real
+    ``sky.tail_logs`` against the stand-in API server, and lands in the node's log after the
+    launch lines; the following ends with the node."""
+    caplog.set_level(logging.INFO, logger="cic_orchestrator")
+    orchestrator: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
+    launch = pb.LaunchNodeRequest(model="cic-sim-small", accelerators="H100:1", cloud="aws")
+    node = (await orchestrator.stub.LaunchNode(launch)).node
+    cluster = f"cic-{node.id}"
+    lines: list[str] = []
+
+    async def follow() -> None:
+        request = pb.StreamNodeLogsRequest(node_id=node.id, follow=True)
+        async for line in orchestrator.stub.StreamNodeLogs(request):
+            lines.append(line.text)
+
+    following = asyncio.create_task(follow())
+    ready = await orchestrator.wait_state(node.id, pb.NODE_STATE_READY)
+    serving = f"node {node.id}: cic-vllm-sim serving cic-sim-small on {ready.endpoint}"
+    await eventually(now(lambda: serving in lines), "the simulator's own output in the log")
+    assert f"logs {cluster}" in skypilot.calls
+    assert lines[0] == f"node {node.id}: launching cic-sim-small on skypilot"
+    submitted = next(i for i, x in enumerate(lines) if "sky launch of cluster" in x)
+    assert 0 < submitted < lines.index(serving)  # launch lines first, then the runtime's
+
+    # Followed, not read once: what vLLM logs later arrives too (after keep-alives).
+    said = 'INFO:     127.0.0.1:50000 - "POST /v1/completions HTTP/1.1" 200 OK'
+    skypilot.clusters[cluster].say(said)
+    await eventually(now(lambda: f"node {node.id}: {said}" in lines), "a later line")
+
+    await orchestrator.stub.TerminateNode(pb.TerminateNodeRequest(node_id=node.id))
+    await asyncio.wait_for(following, 10)
+    assert lines[-1] == f"node {node.id}: terminated"
+    provider = orchestrator.service.providers.get("skypilot")
+    await eventually(now(lambda: not provider._followers), "the follower thread done")
+
+
+async def test_a_follower_that_does_not_read_holds_no_more_than_the_kept_lines() -> None:
+    """A stalled reader (a client that stopped reading its stream) keeps at most NODE_LOG_LINES
+    waiting for it, the newest; memory does not grow with the node's output."""
+    logger = logging.getLogger("test.node_logs.stalled")
+    logger.setLevel(logging.INFO)
+    logs = NodeLogs(max_lines=10)
+    logs.attach(logger)
+
+    async def live(rounds: int):
+        for _ in range(rounds):
+            yield True
+        yield False
+
+    try:
+        logger.info("node %s: %s", "node-000000000001", "first")
+        stream = logs.stream("node-000000000001", follow=True, still_live=live(3))
+        assert (await anext(stream)).text == "node node-000000000001: first"
+        for n in range(1000):
+            logger.info("node %s: line %d", "node-000000000001", n)
+        rest = [line.text async for line in stream]
+    finally:
+        logs.detach(logger)
+    assert rest == [f"node node-000000000001: line {n}" for n in range(990, 1000)]

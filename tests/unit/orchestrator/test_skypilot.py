@@ -46,6 +46,9 @@ async def test_launch_through_skypilot_serves_then_terminate_tears_the_cluster_d
     assert node.endpoint == f"http://127.0.0.1:{skypilot.clusters[cluster].port}"
     assert await answers(node.endpoint)
     await eventually(now(lambda: node.id in scheduler.nodes), "registered")
+    labels = scheduler.nodes[node.id].labels
+    where = (labels["cloud"], labels["region"], labels["accelerator"])
+    assert where == ("aws", "us-east-1", "H100")
     handle = await orchestrator.handle(node.id)
     assert handle["cluster"] == cluster
     assert skypilot.requests[handle["launch_request"]].name == "sky.launch"
@@ -233,3 +236,22 @@ async def _submit_launch(skypilot: FakeSkyPilot, cluster: str) -> str:
         return await client.launch(config, cluster)
     finally:
         await client.close()
+
+
+async def test_a_node_is_labelled_with_the_region_skypilot_placed_it_in(
+    skypilot: FakeSkyPilot, start_orchestrator, scheduler
+) -> None:
+    """A launch that names only its cloud is labelled with the region SkyPilot chose, from the
+    cluster's record (the scheduler picks by it; billing prices by it)."""
+    orchestrator: Orchestrator = await start_orchestrator(**skypilot_env(skypilot))
+    skypilot.default_region = "eu-west-1"
+    reply = await orchestrator.stub.LaunchNode(sky_launch(cloud="aws"))
+    node = await orchestrator.wait_state(reply.node.id, pb.NODE_STATE_READY)
+    await eventually(now(lambda: node.id in scheduler.nodes), "registered")
+    labels = dict(scheduler.nodes[node.id].labels)
+    assert {k: labels.get(k) for k in ("cloud", "region", "accelerator", "provider")} == {
+        "cloud": "aws",
+        "region": "eu-west-1",
+        "accelerator": "H100",
+        "provider": "skypilot",
+    }

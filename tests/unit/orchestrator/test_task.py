@@ -18,12 +18,14 @@ from cic_orchestrator.task import (
     DEFAULT_VLLM_VERSION,
     AgentIdentity,
     TaskSettings,
+    check_agent_wheel_exists,
     check_task,
     render_yaml,
     task_config,
 )
 
 NODE = "node-0123456789ab"
+TOKEN = "cic-node-" + "t" * 43
 
 COMMAND = str(Path(sys.executable).parent / "cic-orchestrator")
 
@@ -228,7 +230,9 @@ def test_the_task_installs_and_starts_the_node_agent_with_its_token_as_a_secret(
     tmp_path: Path,
 ) -> None:
     token = "cic-node-" + "Ab_-" * 10 + "xyz"
-    settings = TaskSettings(control_plane_url="https://api.example.com")
+    settings = TaskSettings(
+        control_plane_url="https://api.example.com", agent_package="cic-node-agent==0.1.0"
+    )
     task = check_task("meta-llama/Llama-3.1-8B-Instruct", "H100:1", "gcp/us-central1")
     config = task_config(task, settings, "cic-node-0123456789ab", AgentIdentity(NODE, token))
     text = render_yaml(config)
@@ -271,11 +275,37 @@ def test_a_malformed_agent_identity_is_refused(node_id: str, token: str) -> None
         ("control_plane_url", "ftp://api.example.com"),
         ("agent_package", "cic-node-agent; curl evil"),
         ("agent_package", "http://plain.example.com/a.whl"),
+        ("agent_package", "relative/cic_node_agent-0.1.0-py3-none-any.whl"),
+        ("agent_package", "/app/../etc/cic_node_agent-0.1.0-py3-none-any.whl"),
+        ("agent_package", "/app/x y/cic_node_agent-0.1.0-py3-none-any.whl"),
+        ("agent_package", "/app/other-0.1.0-py3-none-any.whl"),
     ],
 )
 def test_agent_settings_are_checked(field: str, value: str) -> None:
     with pytest.raises(ValueError, match="must be"):
         TaskSettings(**{field: value})
+
+
+def test_with_a_control_plane_the_agent_package_is_required() -> None:
+    with pytest.raises(ValueError, match=r"agent_package\n.*required with a control-plane URL"):
+        TaskSettings(control_plane_url="https://api.example.com")
+
+
+def test_a_local_wheel_is_copied_by_file_mounts_and_installed_from_there(tmp_path: Path) -> None:
+    wheel = tmp_path / "cic_node_agent-0.1.0-py3-none-any.whl"
+    settings = TaskSettings(control_plane_url="https://api.example.com", agent_package=str(wheel))
+    with pytest.raises(ValueError, match=f"there is no node agent wheel at {wheel}"):
+        check_agent_wheel_exists(settings)
+    wheel.write_bytes(b"PK")
+    check_agent_wheel_exists(settings)
+    task = check_task("m", "H100:1", "aws")
+    config = task_config(task, settings, "cic-node-0123456789ab", AgentIdentity(NODE, TOKEN))
+    on_node = "~/.cic/node-agent/cic_node_agent-0.1.0-py3-none-any.whl"
+    assert config["file_mounts"] == {on_node: str(wheel)}
+    loaded = _load_with_skypilot(render_yaml(config), tmp_path)
+    assert loaded.file_mounts == {on_node: str(wheel)}
+    assert loaded.setup == f"pip install vllm=={DEFAULT_VLLM_VERSION} {on_node}"
+    assert loaded.run.splitlines()[0] == "cic-node-agent &"
 
 
 def test_several_clouds_become_skypilots_any_of(tmp_path: Path) -> None:

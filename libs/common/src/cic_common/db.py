@@ -8,6 +8,7 @@ once released: changes go in a new file.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -101,3 +102,14 @@ async def open_pool(
     )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float = 5.0) -> None:
+    """Closes the pool, waiting at most ``timeout_s`` for busy connections to come back, then
+    terminating them (``Pool.close`` alone waits for ever on a connection that is never
+    released, and a service must stop within its grace period)."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("Postgres connections still busy after %ss; closing them", timeout_s)
+        pool.terminate()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 
-from cic_common.settings import GrpcServiceSettings, PostgresUrl
+from cic_common.settings import GrpcServiceSettings, PostgresUrl, RedisUrl
 
 # Stripe's published limits: 1,000 meter events per second in live mode, 25 requests per second
 # in test mode (shared with every other call). Billing stays well under both.
@@ -49,7 +51,41 @@ class Settings(GrpcServiceSettings):
     # Tolerance of webhook timestamps, in the past and in the future.
     stripe_webhook_tolerance_s: int = Field(default=300, ge=1, le=3600)
 
-    @field_validator("stripe_api_key", "stripe_webhook_secret", mode="before")
+    # How often every budget is recomputed and the blocked scopes rewritten to Redis (a new
+    # month unblocks, an expired grant may block a prepaid tenant, a lost write heals).
+    budget_sync_interval_s: float = Field(default=5.0, gt=0, le=3600)
+
+    # Notifications (cic_billing.notify): the event bus is a stream in this Redis (unset: no
+    # events are read or published; channels can still be set up and tested).
+    redis_url: RedisUrl | None = None
+    redis_key_prefix: str = Field(default="cic:", max_length=100, pattern=r"^[A-Za-z0-9_.:\-]*$")
+    # Attempts per delivery on a network error, 429 or 5xx, with exponential back-off (and
+    # jitter) from NOTIFY_RETRY_INITIAL_S up to NOTIFY_RETRY_MAX_S; then it is marked failed.
+    notify_max_attempts: int = Field(default=8, ge=1, le=50)
+    notify_retry_initial_s: float = Field(default=2.0, gt=0, le=3600)
+    notify_retry_max_s: float = Field(default=600.0, gt=0, le=86400)
+    # The deadline of one delivery attempt (an HTTP POST or an SMTP session).
+    notify_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # How often due deliveries are looked for when nothing wakes the worker.
+    notify_poll_interval_s: float = Field(default=1.0, gt=0, le=300)
+    # Attempts made at once by one replica.
+    notify_concurrency: int = Field(default=16, ge=1, le=1000)
+    # Bus entries another replica read but did not route for this long are taken over.
+    notify_claim_idle_s: float = Field(default=30.0, gt=0, le=86400)
+    # Events and their delivery logs are kept this long (pending deliveries stay until settled).
+    notify_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Tenants' URLs may name loopback, private or link-local addresses (operators' always may).
+    notify_allow_private_targets: bool = False
+    # Email channels: the same SMTP_* settings as the gateway's sign-in mail (unset SMTP_HOST:
+    # email channels are refused).
+    smtp_host: str = Field(default="", max_length=253)
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_username: str = Field(default="", max_length=500)
+    smtp_password: SecretStr = SecretStr("")
+    smtp_from: str = Field(default="CIC <no-reply@localhost>", max_length=500)
+
+    @field_validator("stripe_api_key", "stripe_webhook_secret", "redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -15,12 +15,12 @@ from typing import Literal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cic.billing.v1 import billing_pb2
-from cic_billing.pricing import MICRO_USD_PER_TOKEN_DIVISOR, NoPriceError, Price, PriceTable
+from cic_billing.pricing import PPM, REGIONAL_DIVISOR, NoPriceError, Price, PriceTable
 
 MAX_EVENTS_PER_BATCH = 5_000
 BIGINT_MAX = 2**63 - 1
 _REQUIRED_TEXT = ("request_id", "tenant_id", "model")
-_OPTIONAL_TEXT = ("api_key_id", "node_id")
+_OPTIONAL_TEXT = ("api_key_id", "node_id", "environment_id", "region")
 _TIMESTAMPS: tuple[Literal["started_at", "finished_at"], ...] = ("started_at", "finished_at")
 
 
@@ -39,15 +39,19 @@ class InvalidEventError(InvalidBatchError):
 
 # One ``usage_events`` row, priced, as a tuple in the ledger's column order (request_id,
 # tenant_id, api_key_id, model, node_id, prompt_tokens, completion_tokens, cost_micro_usd,
-# started_at, finished_at, streamed, status_code), the two times in microseconds since the Unix
-# epoch (Postgres makes them timestamps): ingestion makes tens of thousands a second.
-LedgerRow = tuple[str, str, str | None, str, str | None, int, int, int, int | None, int, bool, int]
+# started_at, finished_at, streamed, status_code, environment_id, region), the two times in
+# microseconds since the Unix epoch (Postgres makes them timestamps): ingestion makes tens of
+# thousands a second.
+LedgerRow = tuple[
+    str, str, str | None, str, str | None, int, int, int, int | None, int, bool, int,
+    str | None, str | None,
+]  # fmt: skip
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What google.protobuf.Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 _NANOS_PER_SECOND = 1_000_000_000
-_HALF_MICRO_USD = MICRO_USD_PER_TOKEN_DIVISOR // 2
+_HALF_MICRO_USD = REGIONAL_DIVISOR // 2
 
 
 def text_problem(value: str) -> str | None:
@@ -107,14 +111,17 @@ def to_rows(events: Sequence[billing_pb2.UsageEvent], prices: PriceTable) -> lis
     rows: list[LedgerRow] = []
     price_of: dict[str, Price | None] = {}
     unpriced: str | None = None
+    total = 0
     for index, event in enumerate(events):
         request_id, tenant_id, model = event.request_id, event.tenant_id, event.model
         key_id, node_id = event.api_key_id, event.node_id
+        environment_id, region = event.environment_id, event.region
         prompt, completion = event.prompt_tokens, event.completion_tokens
         try:
             if (
                 not (request_id and tenant_id and model)
                 or "\x00" in request_id + tenant_id + model + key_id + node_id
+                or "\x00" in environment_id + region
                 or prompt < 0
                 or completion < 0
                 or not event.HasField("finished_at")
@@ -135,13 +142,18 @@ def to_rows(events: Sequence[billing_pb2.UsageEvent], prices: PriceTable) -> lis
             unpriced = unpriced or model
         else:
             # cost_micro_usd(), inlined: this loop runs for every event billing records.
+            multiplier = prices.multiplier_ppm(region) if region else PPM
             cost = (
-                prompt * price.prompt_micro_usd_per_mtok
-                + completion * price.completion_micro_usd_per_mtok
+                (
+                    prompt * price.prompt_micro_usd_per_mtok
+                    + completion * price.completion_micro_usd_per_mtok
+                )
+                * multiplier
                 + _HALF_MICRO_USD
-            ) // MICRO_USD_PER_TOKEN_DIVISOR
+            ) // REGIONAL_DIVISOR
             if cost > BIGINT_MAX:
                 raise _event_problem(index, event)
+            total += cost
         rows.append(
             (
                 request_id,
@@ -156,8 +168,13 @@ def to_rows(events: Sequence[billing_pb2.UsageEvent], prices: PriceTable) -> lis
                 finished,
                 event.streamed,
                 event.status_code,
+                environment_id or None,
+                region or None,
             )
         )
     if unpriced is not None:
         raise NoPriceError(unpriced)
+    if total > BIGINT_MAX:
+        # The batch's sums (spend counters, meter reports) are 64-bit too.
+        raise InvalidBatchError(f"the events cost more than {BIGINT_MAX} micro-USD in total")
     return rows

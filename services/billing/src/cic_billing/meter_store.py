@@ -1,7 +1,9 @@
 """Meter reports in Postgres: every SQL statement the Stripe reporter runs.
 
 A report sums, for one tenant and one aggregation window, the costs of the ledger events it
-claimed; each event is claimed by exactly one report (``usage_events.meter_report_id``), in the
+claimed, less what prepaid credits covered of them (``credit_micro_usd``, see
+:mod:`cic_billing.credits`); each event is claimed by exactly one report
+(``usage_events.meter_report_id``), in the
 same statement that creates the report, so no event is counted twice or left out whatever runs
 concurrently. A report's identifier, ``cic-<tenant id>-<window start in Unix seconds>`` (the
 tenant id replaced by its SHA-256 when it is long or holds other characters than letters, digits,
@@ -19,13 +21,13 @@ import asyncpg
 
 _CLAIM = """
 WITH pending AS (
-    SELECT request_id, tenant_id, cost_micro_usd FROM usage_events
+    SELECT request_id, tenant_id, cost_micro_usd - credit_micro_usd AS due FROM usage_events
     WHERE meter_report_id IS NULL
     ORDER BY request_id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), sums AS (
-    SELECT tenant_id, sum(cost_micro_usd)::bigint AS value, count(*)::int AS events
+    SELECT tenant_id, sum(due)::bigint AS value, count(*)::int AS events
     FROM pending GROUP BY tenant_id
 ), reports AS (
     INSERT INTO meter_reports (tenant_id, window_start, identifier, value_micro_usd, events, state)
@@ -60,7 +62,7 @@ SELECT r.tenant_id,
        c.customer_id,
        coalesce(sum(r.value_micro_usd), 0)::bigint AS reports_total,
        coalesce(sum(r.value_micro_usd) FILTER (WHERE r.state = 'sent'), 0)::bigint AS reported,
-       (SELECT coalesce(sum(e.cost_micro_usd), 0)::bigint FROM usage_events e
+       (SELECT coalesce(sum(e.cost_micro_usd - e.credit_micro_usd), 0)::bigint FROM usage_events e
         JOIN meter_reports r2 ON r2.id = e.meter_report_id
         WHERE r2.tenant_id = r.tenant_id AND r2.window_start >= $1) AS ledger
 FROM meter_reports r LEFT JOIN stripe_customers c USING (tenant_id)

@@ -28,7 +28,8 @@ import stripe
 from cic_billing.config import Settings
 from cic_billing.meter_store import DueReport, MeterStore
 from cic_billing.metrics import BillingMetrics
-from cic_billing.stripe_api import Delivery, StripeApi, TransientStripeError
+from cic_billing.stripe_api import Delivery, InvoiceSummary, StripeApi, TransientStripeError
+from cic_common.periodic import stop
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,8 @@ class StripeReporter:
         self._task = asyncio.create_task(self._run(), name="stripe-reporter")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop(task)
         await self._api.close()
 
     async def _run(self) -> None:
@@ -185,6 +183,13 @@ class StripeReporter:
         ``(url, customer id)``."""
         customer = await self.customer(tenant_id)
         return await self._api.create_portal_session(customer, return_url), customer
+
+    async def invoices(self, tenant_id: str, limit: int) -> list[InvoiceSummary]:
+        """The tenant's newest invoices at Stripe (none while it has no Stripe customer)."""
+        customer = await self._store.customer(tenant_id)
+        if customer is None:
+            return []
+        return await self._api.list_invoices(customer, limit)
 
     async def _send_tenant(self, reports: list[DueReport]) -> tuple[int, int]:
         """The tenant's reports in order, one at a time; stops at the first that must wait."""

@@ -71,3 +71,32 @@ class BillingMetrics:
             ["result"],
             registry=registry,
         )
+        self.notifications = Counter(
+            "cic_billing_notifications_total",
+            "Notification delivery attempts, by channel type (slack, discord, email, webhook)"
+            " and outcome (delivered, retrying: to be tried again, failed: given up)",
+            ["channel_type", "outcome"],
+            registry=registry,
+        )
+        self.notification_events = Counter(
+            "cic_billing_notification_events_total",
+            "Event-bus entries the notifier read, by result (routed, unreadable)",
+            ["result"],
+            registry=registry,
+        )
+        self.credit_draws = Counter(
+            "cic_billing_credit_draws_total",
+            "Draws of recorded usage from prepaid credit grants",
+            registry=registry,
+        )
+        self.budget_transitions = Counter(
+            "cic_billing_budget_transitions_total",
+            "Budget scopes blocked (by reason: monthly_limit, credit_exhausted) or unblocked",
+            ["reason"],
+            registry=registry,
+        )
+        self.budget_mirror_failures = Counter(
+            "cic_billing_budget_mirror_failures_total",
+            "Writes of blocked budget scopes to Redis that failed (the keeper rewrites them)",
+            registry=registry,
+        )

@@ -10,6 +10,11 @@ where both prices are micro-dollars per million tokens. It is computed with Pyth
 ``(numerator + 500_000) // 1_000_000`` for a non-negative numerator. A model without a row of its
 own is priced by the ``*`` row.
 
+A request served in a region pays the region's cost multiplier, held exactly as parts per million
+(``ppm``; 1.5x = 1_500_000). It multiplies the unrounded sum, and the result is rounded once, half
+up: ``(numerator * ppm + 500_000_000_000) // 1_000_000_000_000``. With the neutral multiplier
+(1_000_000 ppm: an empty or unknown region) this is exactly the formula above.
+
 Prices are cached in memory and reloaded from ``model_prices`` when older than the refresh
 interval, so ingestion does not query prices per event. Operators change prices through the
 admin API (billing's SetPrice and DeletePrice RPCs), which reload the cache of the replica that
@@ -30,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MICRO_USD_PER_TOKEN_DIVISOR = 1_000_000
 DEFAULT_PRICE_MODEL = "*"
+PPM = 1_000_000  # a multiplier of 1.0, in parts per million
+REGIONAL_DIVISOR = MICRO_USD_PER_TOKEN_DIVISOR * PPM
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +57,9 @@ class NoPriceError(LookupError):
         self.model = model
 
 
-def cost_micro_usd(prompt_tokens: int, completion_tokens: int, price: Price) -> int:
+def cost_micro_usd(
+    prompt_tokens: int, completion_tokens: int, price: Price, multiplier_ppm: int = PPM
+) -> int:
     """The cost of one request, rounded half up to a whole micro-dollar (see the module doc)."""
     if prompt_tokens < 0 or completion_tokens < 0:
         raise ValueError("token counts must not be negative")
@@ -58,14 +67,19 @@ def cost_micro_usd(prompt_tokens: int, completion_tokens: int, price: Price) -> 
         prompt_tokens * price.prompt_micro_usd_per_mtok
         + completion_tokens * price.completion_micro_usd_per_mtok
     )
-    return (numerator + MICRO_USD_PER_TOKEN_DIVISOR // 2) // MICRO_USD_PER_TOKEN_DIVISOR
+    return (numerator * multiplier_ppm + REGIONAL_DIVISOR // 2) // REGIONAL_DIVISOR
 
 
 class PriceTable:
-    """A snapshot of ``model_prices``."""
+    """A snapshot of ``model_prices`` and of the regions' cost multipliers."""
 
-    def __init__(self, prices: dict[str, Price]) -> None:
+    def __init__(self, prices: dict[str, Price], multipliers: dict[str, int] | None = None) -> None:
         self._prices = prices
+        self._multipliers = multipliers or {}
+
+    def multiplier_ppm(self, region: str) -> int:
+        """The region's cost multiplier in parts per million; 1.0x for an empty or unknown one."""
+        return self._multipliers.get(region, PPM)
 
     def price_for(self, model: str) -> Price:
         """The model's own price, else the ``*`` default; :class:`NoPriceError` if neither."""
@@ -92,13 +106,15 @@ class PriceBook:
             "SELECT model, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok"
             " FROM model_prices"
         )
+        regions = await self._pool.fetch("SELECT code, cost_multiplier_ppm FROM regions")
         table = PriceTable(
             {
                 row["model"]: Price(
                     row["prompt_micro_usd_per_mtok"], row["completion_micro_usd_per_mtok"]
                 )
                 for row in rows
-            }
+            },
+            {row["code"]: row["cost_multiplier_ppm"] for row in regions},
         )
         self._table, self._loaded_at = table, time.monotonic()
         return table

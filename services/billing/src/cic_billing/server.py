@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from cic.billing.v1 import billing_pb2_grpc
+from cic_billing.budget_state import BudgetState
+from cic_billing.charging import Charger
 from cic_billing.config import Settings
 from cic_billing.ledger import Ledger
 from cic_billing.metering import StripeReporter
 from cic_billing.metrics import BillingMetrics
+from cic_billing.notify.service import Notifier
 from cic_billing.pricing import PriceBook
 from cic_billing.servicer import BillingServicer
 from cic_billing.servicer_admin import StripeParts
 from cic_billing.stripe_api import StripeApi
 from cic_billing.webhooks import WebhookStore
 from cic_common import runtime
-from cic_common.db import open_pool
+from cic_common.db import close_pool, open_pool
 from cic_common.grpc_server import GrpcServer
 from cic_common.metrics import GrpcMetrics
 
@@ -29,11 +31,12 @@ SCHEMA = "billing"
 MIGRATIONS_PACKAGE = "cic_billing.migrations"
 SERVICE_NAME = "cic.billing.v1.BillingService"
 POOL_CLOSE_TIMEOUT_S = 5.0
+NOTIFIER_CLOSE_TIMEOUT_S = 5.0
 
 
 class BillingService:
-    """The gRPC server, its servicer, the Stripe reporter (with a Stripe key) and the Postgres
-    pool, started and stopped together."""
+    """The gRPC server, its servicer, the Stripe reporter (with a Stripe key), the notifier and
+    the Postgres pool, started and stopped together."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, registry: CollectorRegistry) -> None:
         self.settings = settings
@@ -42,6 +45,7 @@ class BillingService:
         self.ledger = Ledger(pool)
         self.grpc = GrpcServer(GrpcMetrics(registry))
         self.metrics = BillingMetrics(registry)
+        self.notifier = Notifier(settings, pool, self.metrics, registry)
         self.reporter: StripeReporter | None = None
         if settings.stripe_api_key is not None:
             self.reporter = StripeReporter(pool, StripeApi(settings), self.metrics, settings)
@@ -51,8 +55,21 @@ class BillingService:
             reporter=self.reporter,
             webhook_secret=secret.get_secret_value() if secret else None,
             webhook_tolerance_s=settings.stripe_webhook_tolerance_s,
+            events=self.notifier.bus,
         )
         servicer = BillingServicer(self.ledger, self.prices, self.metrics, stripe)
+        servicer.notifier = self.notifier
+        bus = self.notifier.bus
+        self.budgets = BudgetState(
+            pool,
+            bus.redis if bus is not None else None,
+            settings.redis_key_prefix,
+            bus,
+            self.metrics,
+            settings.budget_sync_interval_s,
+        )
+        servicer.budget_state = self.budgets
+        servicer.charger = Charger(pool, self.budgets, self.metrics)
         self.grpc.add_service(
             SERVICE_NAME, billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer
         )
@@ -64,6 +81,8 @@ class BillingService:
         bound = await self.grpc.start(self.settings.grpc_port if port is None else port, host)
         if self.reporter is not None:
             await self.reporter.start()
+        await self.notifier.start()
+        await self.budgets.start()
         return bound
 
     async def stop(self) -> None:
@@ -74,18 +93,12 @@ class BillingService:
             await self.grpc.stop(self.settings.shutdown_grace_s)
         finally:
             try:
+                await self.budgets.close()
                 if self.reporter is not None:
                     await self.reporter.close()
+                await self.notifier.close(NOTIFIER_CLOSE_TIMEOUT_S)
             finally:
-                await _close_pool(self.pool)
-
-
-async def _close_pool(pool: asyncpg.Pool) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("Postgres connections still busy after %ss; closing them", POOL_CLOSE_TIMEOUT_S)
-        pool.terminate()
+                await close_pool(self.pool, POOL_CLOSE_TIMEOUT_S)
 
 
 async def create_service(
@@ -98,7 +111,7 @@ async def create_service(
     try:
         return BillingService(settings, pool, registry)
     except BaseException:
-        await _close_pool(pool)
+        await close_pool(pool, POOL_CLOSE_TIMEOUT_S)
         raise
 
 

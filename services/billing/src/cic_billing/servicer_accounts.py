@@ -4,21 +4,19 @@ account, and customer-portal sessions."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import NoReturn
 from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
 import stripe
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from cic.billing.v1 import billing_pb2
 from cic_billing.accounts import STATUS_BY_EVENT, read_account, tenant_id_problem
-from cic_billing.ledger import TRANSIENT_DB_ERRORS
+from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS
 from cic_billing.metering import StripeReporter
 from cic_billing.metrics import BillingMetrics
 from cic_billing.stripe_api import TransientStripeError
+from cic_common.grpc_replies import abort, stamp
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +40,6 @@ def return_url_problem(url: str) -> str | None:
     return None
 
 
-async def _abort(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
-) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")  # it always raises AbortError
-
-
-def _stamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 class AccountRpcs:
     """Set by the servicer that mixes this in."""
 
@@ -69,11 +52,11 @@ class AccountRpcs:
     ) -> billing_pb2.BillingAccount:
         problem = tenant_id_problem(request.tenant_id)
         if problem:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             account = await read_account(self._pool, request.tenant_id)
         except TRANSIENT_DB_ERRORS:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, "billing's database is unavailable")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return billing_pb2.BillingAccount(
             tenant_id=request.tenant_id,
             stripe_enabled=self._reporter is not None,
@@ -82,8 +65,8 @@ class AccountRpcs:
                 account.status_event_type or "", billing_pb2.BILLING_STATUS_UNSPECIFIED
             ),
             status_event_type=account.status_event_type or "",
-            status_changed_at=_stamp(account.status_changed_at),
-            last_payment_failed_at=_stamp(account.last_payment_failed_at),
+            status_changed_at=stamp(account.status_changed_at),
+            last_payment_failed_at=stamp(account.last_payment_failed_at),
         )
 
     async def CreatePortalSession(
@@ -91,18 +74,18 @@ class AccountRpcs:
     ) -> billing_pb2.CreatePortalSessionResponse:
         problem = tenant_id_problem(request.tenant_id) or return_url_problem(request.return_url)
         if problem:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         reporter = self._reporter
         if reporter is None:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "billing has no Stripe key")
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "billing has no Stripe key")
         try:
             url, customer = await reporter.portal_session(request.tenant_id, request.return_url)
         except TRANSIENT_DB_ERRORS:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, "billing's database is unavailable")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         except TransientStripeError as err:
             self._metrics.portal_sessions.labels("unavailable").inc()
             log.warning("no portal session for tenant %s: %s", request.tenant_id, err)
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, "Stripe cannot be reached; retry")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "Stripe cannot be reached; retry")
         except stripe.StripeError as err:
             self._metrics.portal_sessions.labels("refused").inc()
             reason = f"{type(err).__name__} (HTTP {err.http_status})"
@@ -111,7 +94,7 @@ class AccountRpcs:
             log.error(
                 "Stripe refused a portal session for tenant %s: %s", request.tenant_id, reason
             )
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"Stripe refused the session: {reason}",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,16 +17,14 @@ from cic_billing.metering import StripeReporter
 from cic_billing.metrics import BillingMetrics
 from cic_billing.pricing import Price, PriceBook, PriceRow, delete_price, list_prices, set_price
 from cic_billing.webhooks import BadWebhook, WebhookStore, verify
+from cic_common.events_bus import EventBus, EventKind
+from cic_common.grpc_replies import abort
 
 log = logging.getLogger(__name__)
 
 MAX_MODEL_CHARS = 200
 MAX_WEBHOOK_BYTES = 1024 * 1024
-
-
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")  # it always raises AbortError
+PAYMENT_FAILED_TYPE = "invoice.payment_failed"
 
 
 def _price_message(row: PriceRow) -> billing_pb2.ModelPrice:
@@ -56,6 +53,7 @@ class StripeParts:
     reporter: StripeReporter | None  # None: no STRIPE_API_KEY
     webhook_secret: str | None  # None: no STRIPE_WEBHOOK_SECRET
     webhook_tolerance_s: int
+    events: EventBus | None = None  # payment.failed goes there (None: no REDIS_URL)
 
 
 class AdminRpcs:
@@ -68,6 +66,7 @@ class AdminRpcs:
         self._reporter = stripe.reporter
         self._webhook_secret = stripe.webhook_secret
         self._tolerance_s = stripe.webhook_tolerance_s
+        self._events = stripe.events
 
     async def ListPrices(
         self, request: billing_pb2.ListPricesRequest, context: grpc.aio.ServicerContext
@@ -134,6 +133,13 @@ class AdminRpcs:
             log.warning("webhook %s not recorded: %s: %s", event.id, type(err).__name__, err)
             await abort(context, grpc.StatusCode.UNAVAILABLE, "billing's database is unavailable")
         self._metrics.webhook_events.labels("duplicate" if outcome.duplicate else "processed").inc()
+        if self._events is not None and outcome.first and outcome.tenant_id:
+            if event.type == PAYMENT_FAILED_TYPE:
+                await self._events.publish(
+                    EventKind.PAYMENT_FAILED,
+                    outcome.tenant_id,
+                    {"stripe_event_id": event.id, "customer_id": event.customer_id or ""},
+                )
         log.info(
             "Stripe event %s (%s)%s%s",
             outcome.event_id,

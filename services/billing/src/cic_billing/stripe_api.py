@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import stripe
@@ -38,6 +39,18 @@ class Delivery(enum.Enum):
 class MeterResult:
     delivery: Delivery
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceSummary:
+    id: str
+    number: str
+    status: str
+    amount_due_cents: int
+    amount_paid_cents: int
+    currency: str
+    created: datetime
+    hosted_invoice_url: str
 
 
 class TransientStripeError(Exception):
@@ -199,3 +212,25 @@ class StripeApi:
         async for summary in summaries.auto_paging_iter():
             total += int(summary.aggregated_value)
         return total
+
+    async def list_invoices(self, customer_id: str, limit: int) -> list[InvoiceSummary]:
+        """The customer's newest ``limit`` invoices, newest first."""
+        page = await self._call(
+            "list invoices",
+            lambda: self._client.v1.invoices.list_async(
+                params={"customer": customer_id, "limit": limit}
+            ),
+        )
+        return [
+            InvoiceSummary(
+                id=str(invoice.id),
+                number=str(invoice.number or ""),
+                status=str(invoice.status or ""),
+                amount_due_cents=int(invoice.amount_due or 0),
+                amount_paid_cents=int(invoice.amount_paid or 0),
+                currency=str(invoice.currency or ""),
+                created=datetime.fromtimestamp(int(invoice.created or 0), UTC),
+                hosted_invoice_url=str(invoice.hosted_invoice_url or ""),
+            )
+            for invoice in page.data
+        ]

@@ -45,6 +45,7 @@ class WebhookOutcome:
     duplicate: bool
     tenant_id: str = ""
     tenant_status: str = ""
+    first: bool = True  # False for a redelivery (of an event recorded before)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +173,9 @@ class WebhookStore:
         assert row is not None
         if row["applied_at"] is None and row["newest"] == event.id:
             return WebhookOutcome(
-                event.id, event.type, False, row["tenant_id"], row["tenant_status"]
+                event.id, event.type, False, row["tenant_id"], row["tenant_status"], first=False
             )
-        return WebhookOutcome(event.id, event.type, True)
+        return WebhookOutcome(event.id, event.type, True, first=False)
 
     async def confirm(self, event_id: str) -> bool:
         """Marks the event applied; False when no such event was recorded."""

@@ -3,26 +3,46 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import grpc
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
 
-from cic_gateway import store
+from cic_gateway import environments, store, tenant_events
 from cic_gateway.admin_auth import audit_detail
-from cic_gateway.errors import ApiError, not_found
+from cic_gateway.errors import ApiError, bad_request, from_grpc_error, not_found
 from cic_gateway.jsonio import json_response, read_json_object, validated
-from cic_gateway.keys import generate_key
-from cic_gateway.resources import DB, KEYS, REVOCATIONS
+from cic_gateway.keys import DEVELOPER, generate_key
+from cic_gateway.resources import DB, KEYS, REVOCATIONS, SERVICES
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Limit = Annotated[StrictInt, Field(gt=0, le=1_000_000_000)]
+ConcurrencyLimit = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
+Role = Literal["admin", "developer", "read-only"]
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def future_time(value: datetime | None) -> datetime | None:
+    """A time in the future, in UTC (one without an offset is taken as UTC), that Postgres and
+    protobuf can hold: past the year 9999 once in UTC is refused, never a 500."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is too far in the future") from None
+    if value <= datetime.now(UTC):
+        raise ValueError("must be in the future")
+    return value
 
 
 class NewTenant(Body):
@@ -54,6 +74,12 @@ class NewKey(Body):
     name: Name
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
+    environment_id: Annotated[str, StringConstraints(max_length=100)] | None = None
+    role: Role = DEVELOPER
+    expires_at: datetime | None = None
+    concurrency_limit: ConcurrencyLimit | None = None
+
+    _expires_at = field_validator("expires_at")(future_time)
 
 
 def tenant_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -74,8 +100,12 @@ def key_json(row: dict[str, Any]) -> dict[str, Any]:
         "tenant_id": row["tenant_id"],
         "name": row["name"],
         "prefix": row["prefix"],
+        "environment_id": row["environment_id"],
+        "role": row["role"],
         "rpm_limit": row["rpm_limit"],
         "tpm_limit": row["tpm_limit"],
+        "concurrency_limit": row["concurrency_limit"],
+        "expires_at": store.iso(row["expires_at"]),
         "created_at": store.iso(row["created_at"]),
         "revoked_at": store.iso(row["revoked_at"]),
         "last_used_at": store.iso(row["last_used_at"]),
@@ -84,6 +114,15 @@ def key_json(row: dict[str, Any]) -> dict[str, Any]:
 
 def listing(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": items}
+
+
+async def call_billing(request: web.Request, rpc: str, message: Any) -> Any:
+    """Billing's reply to its ``rpc`` with ``message``, or the error its failure is answered with
+    (503 while billing is away)."""
+    try:
+        return await getattr(request.app[SERVICES].billing, rpc)(message)
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc_error(err, "billing") from None
 
 
 async def tenant_or_404(request: web.Request) -> dict[str, Any]:
@@ -128,25 +167,44 @@ async def update_tenant(request: web.Request) -> web.Response:
         raise not_found(f"No tenant with id '{tenant['id']}'.")
     request.app[KEYS].forget_tenant(tenant["id"])
     await request.app[REVOCATIONS].tenant_changed(tenant["id"])  # every other replica too
+    await tenant_events.status_changed(request.app, tenant["status"], updated, "operator")
     return json_response(tenant_json(updated))
 
 
 async def create_key(request: web.Request) -> web.Response:
     tenant = await tenant_or_404(request)
     _, data = await read_json_object(request)
-    body = validated(NewKey, data)
+    created = await make_key(request, tenant["id"], validated(NewKey, data))
+    audit_detail(request)["key_id"] = created["id"]
+    return json_response(created, status=201)
+
+
+async def make_key(request: web.Request, tenant_id: str, body: NewKey) -> dict[str, Any]:
+    """A new key of ``tenant_id`` (in one of its own environments) as the answer shows it: the
+    only time its secret is shown."""
+    pool = request.app[DB]
+    if body.environment_id is not None:
+        found = await environments.get_environment(pool, body.environment_id, tenant_id)
+        if found is None:
+            raise bad_request(
+                f"No environment with id '{body.environment_id}' in this tenant.",
+                param="environment_id",
+            )
     new = generate_key()
     row = await store.create_key(
-        request.app[DB],
-        tenant["id"],
+        pool,
+        tenant_id,
         body.name,
         new.prefix,
         new.key_hash,
         body.rpm_limit,
         body.tpm_limit,
+        environment_id=body.environment_id,
+        role=body.role,
+        expires_at=body.expires_at,
+        concurrency_limit=body.concurrency_limit,
     )
-    audit_detail(request)["key_id"] = row["id"]
-    return json_response({**key_json(row), "key": new.key}, status=201)
+    return {**key_json(row), "key": new.key}
 
 
 async def list_keys(request: web.Request) -> web.Response:

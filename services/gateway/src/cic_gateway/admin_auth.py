@@ -17,6 +17,7 @@ from cic_gateway.errors import DEPENDENCY_ERRORS, error_response
 from cic_gateway.keys import bearer_token
 from cic_gateway.request_keys import AUDIT_DETAIL
 from cic_gateway.resources import DB, SETTINGS
+from cic_gateway.store import KeyAuth
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,18 @@ async def admin_guard(request: web.Request, handler: Handler) -> web.StreamRespo
         status = response.status
         return response
     finally:
-        await _audit(request, actor, status)
+        await audit_call(request, actor, status, request.get(AUDIT_DETAIL) or {})
 
 
-async def _audit(request: web.Request, actor: str, status: int) -> None:
+async def audit_tenant_call(
+    request: web.Request, auth: KeyAuth, status: int, **detail: Any
+) -> None:
+    """The audit row of a tenant API call that changed something, made with ``auth``'s key."""
+    await audit_call(request, f"key:{auth.key_id}", status, {"tenant_id": auth.tenant_id, **detail})
+
+
+async def audit_call(request: web.Request, actor: str, status: int, detail: dict[str, Any]) -> None:
+    """Writes the call's audit row; a row that cannot be written is logged, never raised."""
     try:
         await store.write_audit(
             request.app[DB],
@@ -89,7 +98,7 @@ async def _audit(request: web.Request, actor: str, status: int) -> None:
             path=request.rel_url.raw_path[:_MAX_PATH_CHARS],  # as sent: never a NUL
             status=status,
             source=request.remote,
-            detail=request.get(AUDIT_DETAIL) or {},
+            detail=detail,
         )
     except DEPENDENCY_ERRORS as err:  # Postgres is down: the call was answered 503 already
         log.warning(

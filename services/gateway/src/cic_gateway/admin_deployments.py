@@ -1,7 +1,8 @@
 """Admin API: model deployments, kept true by the orchestrator (a deployment is the model's
 scaling policy there): at least ``min_nodes`` and at most ``max_nodes`` nodes, scaled on the
-queue per node, launched with ``accelerators`` (``auto``: chosen from the model's size) on one
-of ``clouds``, spot or on-demand."""
+queue per node and, with a ``target_latency_ms``, on the nodes' time to first token, launched
+with ``accelerators`` (``auto``: chosen from the model's size) on one of ``clouds``, spot or
+on-demand."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from cic_gateway.resources import SERVICES
 MAX_MODEL_CHARS = 200
 Nodes = Annotated[StrictInt, Field(ge=0, le=1000)]
 Queue = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)]
+LatencyMs = Annotated[float, Field(ge=0, le=600_000, allow_inf_nan=False)]  # 0: not used
 Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Clouds = Annotated[list[Short], Field(max_length=8)]
 VllmArgs = Annotated[list[Annotated[str, StringConstraints(max_length=500)]], Field(max_length=64)]
@@ -31,6 +33,7 @@ class NewDeployment(Body):
     min_nodes: Nodes = 1
     max_nodes: Nodes | None = None  # default: min_nodes (at least 1)
     target_queue_per_node: Queue = 8.0
+    target_latency_ms: LatencyMs = 0.0
     accelerators: Short = "auto"
     clouds: Clouds = []
     use_spot: StrictBool = False
@@ -41,6 +44,7 @@ class DeploymentChange(Body):
     min_nodes: Nodes | None = None
     max_nodes: Nodes | None = None
     target_queue_per_node: Queue | None = None
+    target_latency_ms: LatencyMs | None = None
     accelerators: Short | None = None
     clouds: Clouds | None = None
     use_spot: StrictBool | None = None
@@ -60,6 +64,7 @@ def deployment_json(policy: orchestrator_pb2.ScalingPolicy) -> dict[str, Any]:
         "min_nodes": policy.min_nodes,
         "max_nodes": policy.max_nodes,
         "target_queue_per_node": policy.target_queue_per_node,
+        "target_latency_ms": policy.target_latency_ms,
         "accelerators": policy.accelerators,
         "clouds": clouds,
         "use_spot": policy.use_spot,
@@ -115,6 +120,7 @@ async def create_deployment(request: web.Request) -> web.Response:
         min_nodes=body.min_nodes,
         max_nodes=max_nodes,
         target_queue_per_node=body.target_queue_per_node,
+        target_latency_ms=body.target_latency_ms,
         accelerators=body.accelerators,
         clouds=body.clouds,
         use_spot=body.use_spot,

@@ -20,8 +20,9 @@ from cic.scheduler.v1 import scheduler_pb2
 from cic_gateway import store
 from cic_gateway.admin import Body, listing, tenant_or_404
 from cic_gateway.admin_auth import audit_detail
+from cic_gateway.admin_environments import Region
 from cic_gateway.errors import bad_request, from_grpc_error
-from cic_gateway.jsonio import json_response, read_json_object, validated
+from cic_gateway.jsonio import json_response, query_limit, read_json_object, validated
 from cic_gateway.resources import DB, SERVICES, SETTINGS
 
 _DEFAULT_AUDIT_LIMIT = 100
@@ -33,6 +34,8 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 class NewNode(Body):
     endpoint: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
     model: Text
+    # The node's `region` label: environments preferring it are served there first.
+    region: Region | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -172,8 +175,10 @@ async def list_nodes(request: web.Request) -> web.Response:
 async def register_node(request: web.Request) -> web.Response:
     _, data = await read_json_object(request)
     body = validated(NewNode, data)
-    audit_detail(request).update(endpoint=body.endpoint, model=body.model)
-    call = orchestrator_pb2.RegisterNodeRequest(endpoint=body.endpoint, model=body.model)
+    audit_detail(request).update(endpoint=body.endpoint, model=body.model, region=body.region)
+    call = orchestrator_pb2.RegisterNodeRequest(
+        endpoint=body.endpoint, model=body.model, region=body.region or ""
+    )
     try:
         reply = await request.app[SERVICES].orchestrator.RegisterNode(call)
     except grpc.aio.AioRpcError as err:
@@ -250,8 +255,6 @@ async def _start_ndjson(request: web.Request) -> web.StreamResponse:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    raw = request.query.get("limit", str(_DEFAULT_AUDIT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_AUDIT_LIMIT:
-        raise bad_request(f"limit: must be an integer from 1 to {_MAX_AUDIT_LIMIT}", param="limit")
-    rows = await store.list_audit(request.app[DB], int(raw))
+    limit = query_limit(request, _DEFAULT_AUDIT_LIMIT, _MAX_AUDIT_LIMIT)
+    rows = await store.list_audit(request.app[DB], limit)
     return json_response(listing([{**r, "at": store.iso(r["at"])} for r in rows]))

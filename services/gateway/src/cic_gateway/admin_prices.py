@@ -17,7 +17,7 @@ from cic_gateway.admin import Body, listing
 from cic_gateway.admin_auth import audit_detail
 from cic_gateway.errors import bad_request, from_grpc_error
 from cic_gateway.jsonio import json_response, read_json_object, validated
-from cic_gateway.resources import SERVICES
+from cic_gateway.resources import CATALOG, SERVICES
 
 MicroUsd = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 MAX_MODEL_CHARS = 200
@@ -63,6 +63,7 @@ async def set_price(request: web.Request) -> web.Response:
         reply = await request.app[SERVICES].billing.SetPrice(call)
     except grpc.aio.AioRpcError as err:
         raise from_grpc_error(err, "billing") from None
+    await request.app[CATALOG].changed()  # a new model's price adds it to the catalog
     return json_response(price_json(reply))
 
 
@@ -72,4 +73,5 @@ async def delete_price(request: web.Request) -> web.Response:
         await request.app[SERVICES].billing.DeletePrice(billing_pb2.DeletePriceRequest(model=model))
     except grpc.aio.AioRpcError as err:
         raise from_grpc_error(err, "billing") from None
+    await request.app[CATALOG].changed()
     return web.Response(status=204)

@@ -45,6 +45,12 @@ class GatewaySettings(DashboardSettings, ServiceSettings):
     default_key_tpm: int = Field(default=0, ge=0, le=1_000_000_000)
     default_tenant_rpm: int = Field(default=0, ge=0, le=1_000_000_000)
     default_tenant_tpm: int = Field(default=0, ge=0, le=1_000_000_000)
+    # The platform's ceiling: requests and tokens per minute over every tenant; 0 = none.
+    global_rpm_limit: int = Field(default=0, ge=0, le=1_000_000_000)
+    global_tpm_limit: int = Field(default=0, ge=0, le=1_000_000_000)
+    # A concurrency slot is a lease of this long, renewed while its request runs: the slots of a
+    # gateway that died come back within it.
+    concurrency_lease_s: float = Field(default=60.0, ge=1, le=3600)
     # Completion tokens reserved for a request that sets no max_tokens.
     default_max_tokens_estimate: int = Field(default=256, ge=0, le=10_000_000)
     # With Redis down: serve without rate limits (true) or answer 503 (false).
@@ -53,8 +59,14 @@ class GatewaySettings(DashboardSettings, ServiceSettings):
     rate_limit_redis_timeout_s: float = Field(default=0.5, gt=0, le=10)
     # Deadline of a call to the scheduler, billing or the orchestrator that sets none itself.
     grpc_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    # How often the model catalog is reloaded from billing (a change made through the admin API
+    # reaches every replica at once through Redis; this covers a lost message).
+    catalog_refresh_s: float = Field(default=30.0, gt=0, le=3600)
     # How often Postgres, Redis, the scheduler and billing are probed (cic_gateway_dependency_up).
     dependency_probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # How often the tenants and environments whose budget or prepaid credit is spent are re-read
+    # from Redis (billing writes them there); a blocked scope is refused within about this time.
+    budget_refresh_s: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("admin_api_token")
     @classmethod

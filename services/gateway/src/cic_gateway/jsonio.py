@@ -74,3 +74,14 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
         where = ".".join(str(part) for part in first["loc"])
         message = f"{where}: {first['msg']}" if where else first["msg"]
         raise bad_request(message, param=where or None) from None
+
+
+def query_limit(request: web.Request, default: int, most: int, name: str = "limit") -> int:
+    """The whole number from 1 to ``most`` in the query's ``name`` (``default`` when absent), or a
+    400: only ASCII digits count (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or not 1 <= int(raw) <= most:
+        raise bad_request(f"{name}: a whole number from 1 to {most}", param=name)
+    return int(raw)

@@ -31,6 +31,12 @@ KEY_PREFIX = "sk-cic-"
 DISPLAY_PREFIX_CHARS = 12
 _MAX_KEY_CHARS = 256
 _CACHE_ENTRIES = 100_000
+PERMISSION_ERROR = "permission_error"
+
+# Key roles: admin (models and the tenant's keys and usage), developer (models only),
+# read-only (usage only).
+ADMIN, DEVELOPER, READ_ONLY = "admin", "developer", "read-only"
+ROLES = (ADMIN, DEVELOPER, READ_ONLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,10 @@ class KeyStore:
         """Drops a tenant's keys from this replica's cache (after its status or limits changed)."""
         self._forget(lambda auth: auth.tenant_id == tenant_id)
 
+    def forget_environment(self, environment_id: str) -> None:
+        """Drops an environment's keys from this replica's cache (after it changed)."""
+        self._forget(lambda auth: auth.environment.id == environment_id)
+
     def forget_all(self) -> None:
         """Drops every cached key (after this replica may have missed a revocation message)."""
         self._cache.clear()
@@ -137,10 +147,49 @@ class KeyStore:
                 type=SERVER_ERROR,
                 code="service_unavailable",
             ) from None
-        if auth is None or auth.revoked:
+        if auth is None or auth.revoked or _expired(auth):
             raise invalid_api_key()
         if auth.tenant_status != "active":
             raise ApiError(
-                403, "This account is suspended.", type="permission_error", code="tenant_suspended"
+                403, "This account is suspended.", type=PERMISSION_ERROR, code="tenant_suspended"
+            )
+        if auth.environment.status != "active":
+            raise ApiError(
+                403,
+                f"The environment '{auth.environment.name}' of this API key is suspended.",
+                type=PERMISSION_ERROR,
+                code="environment_suspended",
             )
         return auth
+
+
+def _expired(auth: KeyAuth) -> bool:
+    return auth.expires_at is not None and time.time() >= auth.expires_at
+
+
+def require_role(auth: KeyAuth, *roles: str) -> None:
+    """Raises OpenAI's 403 (``permission_error``; ``PermissionDeniedError`` in its SDKs) unless
+    ``auth``'s key has one of ``roles``."""
+    if auth.role in roles:
+        return
+    raise ApiError(
+        403,
+        f"This API key has the role '{auth.role}', which may not make this request"
+        f" (it needs one of: {', '.join(roles)}).",
+        type=PERMISSION_ERROR,
+        code="insufficient_role",
+    )
+
+
+def require_model_allowed(auth: KeyAuth, model: str) -> None:
+    """Raises the 403 for a model outside the key's environment's allowed models."""
+    allowed = auth.environment.models
+    if allowed is None or model in allowed:
+        return
+    raise ApiError(
+        403,
+        f"The model '{model}' is not allowed in the environment '{auth.environment.name}'.",
+        type=PERMISSION_ERROR,
+        code="model_not_allowed",
+        param="model",
+    )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cic_common.events_bus import EventBusMetrics
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60)
 
@@ -85,7 +87,8 @@ class GatewayMetrics:
         )
         self.rate_limited = Counter(
             "cic_gateway_rate_limited_total",
-            "Requests refused with 429, by scope (key, tenant) and kind (requests, tokens)",
+            "Requests refused with 429, by scope (key, environment, tenant, global) and kind"
+            " (requests, tokens, tokens_per_day, concurrent)",
             ["scope", "kind"],
             registry=registry,
         )
@@ -98,7 +101,7 @@ class GatewayMetrics:
         )
         self.key_cache_invalidations = Counter(
             "cic_gateway_key_cache_invalidations_total",
-            "Revocation messages applied to the key cache, by kind (key, tenant, all)",
+            "Revocation messages applied to the key cache, by kind (key, tenant, environment, all)",
             ["kind"],
             registry=registry,
         )
@@ -116,3 +119,16 @@ class GatewayMetrics:
             ["dependency"],
             registry=registry,
         )
+        self.budget_refusals = Counter(
+            "cic_gateway_budget_refusals_total",
+            "Requests refused with 429 insufficient_quota because their tenant's or"
+            " environment's budget or prepaid credit is spent, by scope (tenant, environment)",
+            ["scope"],
+            registry=registry,
+        )
+        self.budget_blocked_scopes = Gauge(
+            "cic_gateway_budget_blocked_scopes",
+            "Tenants and environments whose requests are refused (as last read from Redis)",
+            registry=registry,
+        )
+        self.events = EventBusMetrics(registry)  # cic_events_published_total

@@ -11,10 +11,11 @@ from aiohttp import web
 
 from cic_gateway.errors import bad_request, from_grpc_error
 from cic_gateway.jsonio import json_response, read_json_object
+from cic_gateway.keys import ADMIN, DEVELOPER, require_model_allowed, require_role
 from cic_gateway.proxy import ProxyRequest
 from cic_gateway.request_checks import check_fields
 from cic_gateway.request_keys import REQUEST_ID
-from cic_gateway.resources import KEYS, LIMITER, PROXY, SERVICES
+from cic_gateway.resources import BUDGETS, CATALOG, KEYS, LIMITER, PROXY, SERVICES
 from cic_gateway.scheduler_client import prefix_key
 from cic_gateway.sse import UsageWish, upstream_stream_options
 
@@ -52,9 +53,13 @@ def _stream_body(body: dict[str, Any]) -> tuple[bytes, UsageWish]:
 
 async def _forward(request: web.Request, path: str, *, streams: bool) -> web.StreamResponse:
     auth = await request.app[KEYS].authenticate(request)
+    require_role(auth, ADMIN, DEVELOPER)
+    request.app[BUDGETS].check(auth)  # a spent budget or prepaid credit: 429 insufficient_quota
     raw, body = await read_json_object(request)
     model = _model_of(body)
     check_fields(path, body)
+    request.app[CATALOG].require(model, path)  # 404 not in the catalog, 400 wrong type
+    require_model_allowed(auth, model)  # 403 only for a model that exists
     stream = streams and body.get("stream") is True
     upstream_body, wish = _stream_body(body) if stream else (raw, UsageWish(False, False))
     limiter, proxy = request.app[LIMITER], request.app[PROXY]
@@ -62,7 +67,9 @@ async def _forward(request: web.Request, path: str, *, streams: bool) -> web.Str
     # The node is asked for while the rate limits are checked (two round trips at once, not one
     # after the other); a refused request gives its lease straight back. After a refusal the
     # tenant's requests check first, until the wait it was told has passed.
-    early_pick = proxy.pick_early(model, routing_key) if limiter.likely_admits(auth) else None
+    region = auth.environment.region
+    likely = limiter.likely_admits(auth)
+    early_pick = proxy.pick_early(model, routing_key, region) if likely else None
     try:
         reservation = await limiter.admit(request, auth, body, generates=streams)
     except BaseException:
@@ -99,5 +106,21 @@ async def list_models(request: web.Request) -> web.Response:
             "data": [
                 {"id": m, "object": "model", "created": created, "owned_by": "cic"} for m in models
             ],
+        }
+    )
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """OpenAI's model object for a catalog model (with its type and context length)."""
+    await request.app[KEYS].authenticate(request)
+    entry = request.app[CATALOG].require(request.match_info["model"])
+    return json_response(
+        {
+            "id": entry.name,
+            "object": "model",
+            "created": entry.created,
+            "owned_by": "cic",
+            "type": entry.type,
+            "context_length": entry.context_length,
         }
     )

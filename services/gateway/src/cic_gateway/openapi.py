@@ -7,6 +7,7 @@ into JSON once, when the app is built, so that a request only sends bytes it alr
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from importlib import metadata, resources
 from typing import Any
@@ -19,7 +20,29 @@ DOCUMENT_FILE = "openapi.yaml"
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _REQUEST_ID_HEADER = {"$ref": "#/components/headers/RequestId"}
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """A safe loader that refuses a mapping with a key twice (YAML would keep the last one
+    silently: two schemas of one name, one hiding the other)."""
+
+
+def _unique_mapping(loader: Any, node: yaml.MappingNode) -> dict[Any, Any]:
+    keys = Counter(
+        key.value
+        for key, _ in node.value
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge"
+    )
+    repeated = sorted(str(key) for key, count in keys.items() if count > 1)
+    if repeated:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{DOCUMENT_FILE} repeats the key(s) {repeated}", node.start_mark
+        )
+    return dict(loader.construct_mapping(node, deep=True))
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def load_document() -> dict[str, Any]:

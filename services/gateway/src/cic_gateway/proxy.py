@@ -114,10 +114,12 @@ class Proxy:
         self._sink = sink
         self._metrics = metrics
 
-    def pick_early(self, model: str, prefix_key: str) -> asyncio.Future[Lease]:
-        """The scheduler asked for a node now, for a request :meth:`handle` may serve later (or
-        :meth:`abandon`)."""
-        return asyncio.ensure_future(self._scheduler.pick(model, prefix_key=prefix_key))
+    def pick_early(self, model: str, prefix_key: str, region: str = "") -> asyncio.Future[Lease]:
+        """The scheduler asked for a node now (in ``region`` by preference), for a request
+        :meth:`handle` may serve later (or :meth:`abandon`)."""
+        return asyncio.ensure_future(
+            self._scheduler.pick(model, prefix_key=prefix_key, region=region)
+        )
 
     def abandon(self, pick: asyncio.Future[Lease]) -> None:
         """An early pick whose request will not be served: its lease (once it comes) goes
@@ -142,7 +144,9 @@ class Proxy:
             if early_pick is not None:
                 lease = await asyncio.shield(early_pick)
             else:
-                lease = await self._scheduler.pick(call.model, prefix_key=call.prefix_key)
+                lease = await self._scheduler.pick(
+                    call.model, prefix_key=call.prefix_key, region=call.auth.environment.region
+                )
         except asyncio.CancelledError:
             if early_pick is not None:
                 self.abandon(early_pick)
@@ -179,7 +183,10 @@ class Proxy:
         node_id = failed.lease.node_id
         try:
             lease = await self._scheduler.pick(
-                call.model, exclude_node_ids=(node_id,), prefix_key=call.prefix_key
+                call.model,
+                exclude_node_ids=(node_id,),
+                prefix_key=call.prefix_key,
+                region=call.auth.environment.region,
             )
         except ApiError:
             self._metrics.failovers.labels("no_other_node").inc()
@@ -359,6 +366,8 @@ class Proxy:
                 request_id=call.request_id,
                 tenant_id=call.auth.tenant_id,
                 api_key_id=call.auth.key_id,
+                environment_id=call.auth.environment.id,
+                region=exchange.lease.region,
                 model=call.model,
                 node_id=exchange.lease.node_id,
                 prompt_tokens=exchange.prompt_tokens,

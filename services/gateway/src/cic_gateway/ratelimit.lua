@@ -12,12 +12,23 @@
 -- Time is Redis's own clock (TIME), so that every gateway replica agrees. Scripts replicate by
 -- their effects (the default since Redis 5), so reading TIME before writing is allowed.
 --
--- ARGV[1] = "take":   ARGV[2] = window (us); then for bucket i: ARGV[2i+1] = limit,
---                     ARGV[2i+2] = cost. Takes the cost from every bucket, or from none.
---                     Returns {allowed (1 or 0), index of the bucket that must wait longest (0
---                     when allowed), that wait (us), then per bucket: remaining, us until empty}.
--- ARGV[1] = "settle": same layout, with ARGV[2i+2] = tokens to add (negative: to give back).
---                     A bucket may go over its limit: the next request then waits.
+-- Concurrency limits are leases: a sorted set per scope whose members are the requests in flight,
+-- each scored with the time (us) its lease ends. A request's gateway renews its leases while it
+-- runs and removes them when it ends; a gateway that dies leaves leases that simply run out, so
+-- no slot is lost for longer than one lease.
+--
+-- KEYS: the n GCRA buckets, then the m concurrency sets.
+-- ARGV[1] = mode, ARGV[2] = n, ARGV[3] = lease time (us); then for bucket i (3 values each):
+--           limit, amount, window (us); then for concurrency set j (2 values each): limit, member.
+--
+-- "take":   takes the amount from every bucket and a slot in every set, or nothing at all.
+--           Returns {allowed (1 or 0), index (1-based, over buckets then sets) of the limit that
+--           must wait longest (0 when allowed), that wait (us), then per bucket and set:
+--           remaining, us until empty (0 for a set)}. A full set's wait is the time until its
+--           first lease ends, at most one second (a request usually ends before its lease).
+-- "settle": adds the amount to every bucket (negative: gives back; a bucket may go over its
+--           limit, the next request then waits) and removes the member from every set.
+-- "renew":  moves the member's lease in every set to now + lease time (if it still holds one).
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -25,11 +36,15 @@ end
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local window = tonumber(ARGV[2])
+local mode = ARGV[1]
+local n = tonumber(ARGV[2])
+local lease_us = tonumber(ARGV[3])
+local m = #KEYS - n
 -- Float noise far below a unit must not refuse a request that fits exactly.
 local EPSILON = 1e-6
+local MAX_SET_WAIT_US = 1000000
 
-local function level_of(key, limit)
+local function level_of(key, limit, window)
   local state = redis.call('HMGET', key, 'level', 'at')
   local level = tonumber(state[1])
   if level == nil then
@@ -39,7 +54,7 @@ local function level_of(key, limit)
   return math.max(0, level - elapsed * limit / window)
 end
 
-local function store(key, level, limit)
+local function store(key, level, limit, window)
   if level <= EPSILON then
     redis.call('DEL', key)
     return
@@ -49,39 +64,89 @@ local function store(key, level, limit)
   redis.call('PEXPIRE', key, math.ceil(empty_after_us / 1000) + 1000)
 end
 
-local levels, limits, amounts = {}, {}, {}
-for i = 1, #KEYS do
-  limits[i] = tonumber(ARGV[2 * i + 1])
-  amounts[i] = tonumber(ARGV[2 * i + 2])
-  levels[i] = level_of(KEYS[i], limits[i])
+local function hold(key, member)
+  redis.call('ZADD', key, string.format('%.0f', now + lease_us), member)
+  redis.call('PEXPIRE', key, math.ceil(lease_us / 1000) + 1000)
 end
 
-if ARGV[1] == 'settle' then
-  for i = 1, #KEYS do
-    store(KEYS[i], math.max(0, levels[i] + amounts[i]), limits[i])
+local levels, limits, amounts, windows = {}, {}, {}, {}
+for i = 1, n do
+  limits[i] = tonumber(ARGV[3 * i + 1])
+  amounts[i] = tonumber(ARGV[3 * i + 2])
+  windows[i] = tonumber(ARGV[3 * i + 3])
+end
+local set_limits, members = {}, {}
+for j = 1, m do
+  set_limits[j] = tonumber(ARGV[3 * n + 2 * j + 2])
+  members[j] = ARGV[3 * n + 2 * j + 3]
+end
+
+if mode == 'renew' then
+  for j = 1, m do
+    local key = KEYS[n + j]
+    if redis.call('ZSCORE', key, members[j]) then
+      hold(key, members[j])
+    end
+  end
+  return 1
+end
+
+for i = 1, n do
+  levels[i] = level_of(KEYS[i], limits[i], windows[i])
+end
+
+if mode == 'settle' then
+  for i = 1, n do
+    store(KEYS[i], math.max(0, levels[i] + amounts[i]), limits[i], windows[i])
+  end
+  for j = 1, m do
+    redis.call('ZREM', KEYS[n + j], members[j])
   end
   return 1
 end
 
 local worst, wait = 0, 0
-for i = 1, #KEYS do
+local function consider(index, wait_i)
+  if wait_i > wait or worst == 0 then
+    worst, wait = index, wait_i
+  end
+end
+
+for i = 1, n do
   local excess = levels[i] + amounts[i] - limits[i]
   if excess > EPSILON then
-    local wait_i = math.ceil(excess * window / limits[i])
-    if wait_i > wait or worst == 0 then
-      worst, wait = i, wait_i
-    end
+    consider(i, math.ceil(excess * windows[i] / limits[i]))
+  end
+end
+
+local held = {}
+for j = 1, m do
+  local key = KEYS[n + j]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now))
+  held[j] = redis.call('ZCARD', key)
+  if held[j] + 1 > set_limits[j] then
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local until_free = first[2] and (tonumber(first[2]) - now) or MAX_SET_WAIT_US
+    consider(n + j, math.max(1, math.min(MAX_SET_WAIT_US, until_free)))
   end
 end
 
 local reply = {worst == 0 and 1 or 0, worst, wait}
-for i = 1, #KEYS do
+for i = 1, n do
   local level = levels[i]
   if worst == 0 then
     level = level + amounts[i]
-    store(KEYS[i], level, limits[i])
+    store(KEYS[i], level, limits[i], windows[i])
   end
   reply[#reply + 1] = math.max(0, math.floor(limits[i] - level + EPSILON))
-  reply[#reply + 1] = math.ceil(level * window / limits[i])
+  reply[#reply + 1] = math.ceil(level * windows[i] / limits[i])
+end
+for j = 1, m do
+  if worst == 0 then
+    hold(KEYS[n + j], members[j])
+    held[j] = held[j] + 1
+  end
+  reply[#reply + 1] = math.max(0, set_limits[j] - held[j])
+  reply[#reply + 1] = 0
 end
 return reply

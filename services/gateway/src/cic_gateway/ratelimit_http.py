@@ -11,8 +11,16 @@ from typing import Any
 from cic_gateway.errors import ApiError
 
 RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
-_SCOPE_WORDS = {"key": "API key", "tenant": "tenant"}
-_KIND_WORDS = {"requests": ("requests", "RPM"), "tokens": ("tokens", "TPM")}
+# Which layer refused a request (key, environment, tenant or global), on its 429.
+SCOPE_HEADER = "x-ratelimit-scope"
+_SCOPE_WORDS = {"key": "this API key", "tenant": "this tenant", "global": "the platform"}
+# kind -> (words in the message, the error's ``type``)
+_KIND_WORDS = {
+    "requests": ("requests per min (RPM)", "requests"),
+    "tokens": ("tokens per min (TPM)", "tokens"),
+    "tokens_per_day": ("tokens per day (TPD)", "tokens"),
+    "concurrent": ("concurrent requests", "requests"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,25 +68,34 @@ def limit_headers(states: Sequence[BucketState]) -> dict[str, str]:
 
 
 def rate_limited_error(
-    scope: str, kind: str, limit: int, requested: int, wait_us: int, headers: Mapping[str, str]
+    scope: str,
+    kind: str,
+    limit: int,
+    requested: int,
+    wait_us: int,
+    headers: Mapping[str, str],
+    environment: str = "",
 ) -> ApiError:
-    """OpenAI's 429 for the limit that was hit, with ``Retry-After`` (whole seconds, at least 1),
-    ``retry-after-ms`` (which OpenAI's SDKs read first) and the ``x-ratelimit-*`` headers."""
-    words, short = _KIND_WORDS[kind]
+    """OpenAI's 429 for the limit that was hit, naming its layer (``environment`` is the
+    environment's name), with ``Retry-After`` (whole seconds, at least 1), ``retry-after-ms``
+    (which OpenAI's SDKs read first), ``x-ratelimit-scope`` and the ``x-ratelimit-*`` headers."""
+    words, error_type = _KIND_WORDS[kind]
+    subject = _SCOPE_WORDS.get(scope) or f"{scope} '{environment}'"
     wait_ms = max(1, math.ceil(wait_us / 1000))
     message = (
-        f"Rate limit reached for this {_SCOPE_WORDS[scope]} on {words} per min ({short}): "
+        f"Rate limit reached for {subject} on {words}: "
         f"Limit {limit}, Requested {requested}. Please try again in {go_duration(wait_us)}."
     )
     return ApiError(
         429,
         message,
-        type=kind,
+        type=error_type,
         code=RATE_LIMIT_EXCEEDED,
         headers={
             **headers,
             "Retry-After": str(max(1, math.ceil(wait_us / 1_000_000))),
             "retry-after-ms": str(wait_ms),
+            SCOPE_HEADER: scope,
         },
     )
 

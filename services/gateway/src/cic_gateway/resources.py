@@ -19,9 +19,12 @@ from redis.asyncio import Redis
 from cic.billing.v1 import billing_pb2_grpc
 from cic.orchestrator.v1 import orchestrator_pb2_grpc
 from cic.scheduler.v1 import scheduler_pb2_grpc
-from cic_common.db import open_pool
+from cic_common.db import close_pool, open_pool
+from cic_common.events_bus import EventBus
 from cic_common.grpc_client import create_channel
 from cic_common.redis import create_redis
+from cic_gateway.budget_gate import BudgetGate
+from cic_gateway.catalog import Catalog
 from cic_gateway.config import GatewaySettings
 from cic_gateway.keys import KeyStore
 from cic_gateway.metrics import GatewayMetrics
@@ -68,6 +71,9 @@ KEYS = web.AppKey("keys", KeyStore)
 PROXY = web.AppKey("proxy", Proxy)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 REVOCATIONS = web.AppKey("revocations", Revocations)
+BUDGETS = web.AppKey("budgets", BudgetGate)
+EVENTS = web.AppKey("events", EventBus)
+CATALOG = web.AppKey("catalog", Catalog)
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -76,12 +82,14 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB] = pool
     app[KEYS] = KeyStore(pool, settings.key_cache_ttl_s, app[METRICS])
     yield
-    await pool.close()
+    await close_pool(pool)
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     client = create_redis(app[SETTINGS].redis_url)
     app[REDIS] = client
+    # The event bus (tenant.suspended, tenant.activated) on the same client.
+    app[EVENTS] = EventBus(client, app[SETTINGS].redis_key_prefix, app[METRICS].events)
     yield
     await client.aclose()
 
@@ -94,11 +102,17 @@ async def ratelimit_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         prefix=s.redis_key_prefix,
         defaults=Limits(
-            s.default_key_rpm, s.default_key_tpm, s.default_tenant_rpm, s.default_tenant_tpm
+            s.default_key_rpm,
+            s.default_key_tpm,
+            s.default_tenant_rpm,
+            s.default_tenant_tpm,
+            s.global_rpm_limit,
+            s.global_tpm_limit,
         ),
         fail_open=s.rate_limit_fail_open,
         timeout_s=s.rate_limit_redis_timeout_s,
         default_max_tokens=s.default_max_tokens_estimate,
+        lease_s=s.concurrency_lease_s,
     )
     app[LIMITER] = limiter
     yield
@@ -113,6 +127,17 @@ async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REVOCATIONS] = revocations
     yield
     await revocations.close()
+
+
+async def budgets_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The blocked budget scopes, read from Redis at start and every BUDGET_REFRESH_S (after
+    ``redis_ctx``)."""
+    s = app[SETTINGS]
+    gate = BudgetGate(app[REDIS], s.redis_key_prefix, s.budget_refresh_s, app[METRICS])
+    await gate.start()
+    app[BUDGETS] = gate
+    yield
+    await gate.close()
 
 
 async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -131,6 +156,22 @@ async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[SERVICES].scheduler.drain(RELEASE_DRAIN_TIMEOUT_S)
     for channel in (scheduler, billing, orchestrator):
         await channel.close()
+
+
+async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The model catalog, loaded from billing and kept fresh (after ``grpc_ctx``)."""
+    s = app[SETTINGS]
+    catalog = Catalog(
+        app[SERVICES].billing,
+        s.redis_url,
+        s.redis_key_prefix,
+        refresh_s=s.catalog_refresh_s,
+        rpc_timeout_s=s.grpc_timeout_s,
+    )
+    await catalog.start()
+    app[CATALOG] = catalog
+    yield
+    await catalog.close()
 
 
 async def usage_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,13 +1,15 @@
 """Revocations reach every gateway replica at once, through Redis pub/sub.
 
-Revoking a key, or changing a tenant (its status or its limits), publishes a message on
-``{prefix}key-events``; every replica subscribes in a background task and drops that key, or
-that tenant's keys, from its in-process cache, so the next request reads Postgres again. The
-cache's time-to-live (``KEY_CACHE_TTL_S``) stays as the safety net for a message that is lost:
-while Redis is unreachable the subscriber reconnects with back-off (logging the outage once),
-and once it is back it empties the whole cache, since it may have missed messages meanwhile.
+Revoking a key, or changing a tenant (its status or its limits) or an environment, publishes a
+message on ``{prefix}key-events``; every replica subscribes in a background task and drops that
+key, or that tenant's or environment's keys, from its in-process cache, so the next request reads
+Postgres again. The cache's time-to-live (``KEY_CACHE_TTL_S``) stays as the safety net for a
+message that is lost: while Redis is unreachable the subscriber reconnects with back-off (logging
+the outage once), and once it is back it empties the whole cache, since it may have missed
+messages meanwhile.
 
-Messages are JSON: ``{"key_id": "key_..."}`` or ``{"tenant_id": "ten_..."}``.
+Messages are JSON: ``{"key_id": "key_..."}``, ``{"tenant_id": "ten_..."}`` or
+``{"environment_id": "env_..."}`` (an environment's status, limits, models or region changed).
 """
 
 from __future__ import annotations
@@ -15,17 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
+from cic_gateway import pubsub
 from cic_gateway.keys import KeyStore
 from cic_gateway.metrics import GatewayMetrics
 
@@ -34,9 +32,6 @@ log = logging.getLogger(__name__)
 CHANNEL = "key-events"
 PUBLISH_TIMEOUT_S = 1.0
 READY_TIMEOUT_S = 2.0
-_BACKOFF_INITIAL_S = 0.1
-_BACKOFF_MAX_S = 5.0
-_POLL_S = 1.0
 _HEALTH_CHECK_S = 10
 
 
@@ -49,29 +44,17 @@ class Revocations:
         prefix: str,
         keys: KeyStore,
         metrics: GatewayMetrics,
-        backoff: tuple[float, float] = (_BACKOFF_INITIAL_S, _BACKOFF_MAX_S),
+        backoff: tuple[float, float] = pubsub.BACKOFF_S,
     ) -> None:
         self.channel = f"{prefix}{CHANNEL}"
         self._keys = keys
         self._metrics = metrics
-        self._backoff_initial_s, self._backoff_max_s = backoff
-        self._publisher = Redis.from_url(
-            url,
-            socket_connect_timeout=PUBLISH_TIMEOUT_S,
-            socket_timeout=PUBLISH_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 1),
+        self._backoff = backoff
+        self._publisher = pubsub.publisher(url)
+        self._subscriber = pubsub.subscriber(
+            url, health_check_interval=_HEALTH_CHECK_S, client_name=f"{prefix}revocations"
         )
-        # No retries inside redis-py here: a dropped connection must reach _run, which
-        # resubscribes and empties the cache (a reconnect hidden in the client could lose messages).
-        self._subscriber = Redis.from_url(
-            url,
-            socket_connect_timeout=PUBLISH_TIMEOUT_S,
-            socket_timeout=PUBLISH_TIMEOUT_S,
-            health_check_interval=_HEALTH_CHECK_S,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            client_name=f"{prefix}revocations",
-        )
+        self._failing = False
         self._task: asyncio.Task[None] | None = None
         self._attempted = asyncio.Event()
         self.subscribed = asyncio.Event()
@@ -98,6 +81,9 @@ class Revocations:
     async def tenant_changed(self, tenant_id: str) -> None:
         await self._publish({"tenant_id": tenant_id})
 
+    async def environment_changed(self, environment_id: str) -> None:
+        await self._publish({"environment_id": environment_id})
+
     async def _publish(self, message: dict[str, str]) -> None:
         """Best effort: this replica already forgot the key, and the others' caches expire
         within ``KEY_CACHE_TTL_S`` if the message cannot be sent."""
@@ -112,40 +98,33 @@ class Revocations:
             )
 
     async def _run(self) -> None:
-        backoff = self._backoff_initial_s
-        failing = False
-        while True:
-            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                if failing:
-                    log.info("revocation channel subscribed again; key cache emptied")
-                    self._apply_all()
-                failing, backoff = False, self._backoff_initial_s
-                self.subscribed.set()
-                self._attempted.set()
-                await self._listen(pubsub)
-            except (RedisError, OSError, TimeoutError) as err:
-                self.subscribed.clear()
-                self._attempted.set()
-                if not failing:
-                    log.warning(
-                        "revocation channel lost (%s); reconnecting with back-off, cached keys "
-                        "expire within their TTL meanwhile",
-                        type(err).__name__,
-                    )
-                failing = True
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, self._backoff_max_s)
+        await pubsub.listen_forever(
+            self._subscriber,
+            self.channel,
+            on_message=self._apply,
+            on_subscribed=self._on_subscribed,
+            on_lost=self._on_lost,
+            backoff=self._backoff,
+        )
 
-    async def _listen(self, pubsub: PubSub) -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
-            if message is not None and message.get("type") == "message":
-                self._apply(message["data"])
+    def _on_subscribed(self) -> None:
+        if self._failing:
+            log.info("revocation channel subscribed again; key cache emptied")
+            self._apply_all()
+        self._failing = False
+        self.subscribed.set()
+        self._attempted.set()
+
+    def _on_lost(self, err: BaseException) -> None:
+        self.subscribed.clear()
+        self._attempted.set()
+        if not self._failing:
+            log.warning(
+                "revocation channel lost (%s); reconnecting with back-off, cached keys "
+                "expire within their TTL meanwhile",
+                type(err).__name__,
+            )
+        self._failing = True
 
     def _apply(self, data: bytes) -> None:
         try:
@@ -158,6 +137,7 @@ class Revocations:
         actions: dict[str, Callable[[str], None]] = {
             "key_id": self._keys.forget_key,
             "tenant_id": self._keys.forget_tenant,
+            "environment_id": self._keys.forget_environment,
         }
         for field, forget in actions.items():
             value = parsed.get(field)

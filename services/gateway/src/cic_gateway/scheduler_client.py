@@ -32,6 +32,7 @@ class Lease:
     node_id: str
     model: str
     endpoint: str
+    region: str = ""  # the node's `region` label (empty: none)
 
 
 def no_node(model: str) -> ApiError:
@@ -241,7 +242,11 @@ def describe(err: BaseException | None) -> str:
 def _lease(model: str, reply: scheduler_pb2.PickNodeResponse) -> Lease:
     node = reply.node
     return Lease(
-        lease_id=reply.lease_id, node_id=node.id, model=model, endpoint=node.endpoint.rstrip("/")
+        lease_id=reply.lease_id,
+        node_id=node.id,
+        model=model,
+        endpoint=node.endpoint.rstrip("/"),
+        region=node.labels.get("region", ""),
     )
 
 
@@ -295,13 +300,21 @@ class SchedulerClient:
         return self._route
 
     async def pick(
-        self, model: str, exclude_node_ids: tuple[str, ...] = (), prefix_key: str = ""
+        self,
+        model: str,
+        exclude_node_ids: tuple[str, ...] = (),
+        prefix_key: str = "",
+        region: str = "",
     ) -> Lease:
         """A lease on a ready node for ``model``; 404 for a model no node serves, else 503.
         ``prefix_key`` (see :func:`prefix_key`) lets the scheduler keep a prompt prefix on one
-        node. Picks go on the Route stream, or as single calls while it is down."""
+        node; ``region`` is the caller's preferred region (empty: none). Picks go on the Route
+        stream, or as single calls while it is down."""
         request = scheduler_pb2.PickNodeRequest(
-            model=model, exclude_node_ids=list(exclude_node_ids), prefix_key=prefix_key
+            model=model,
+            exclude_node_ids=list(exclude_node_ids),
+            prefix_key=prefix_key,
+            region=region,
         )
         route = self._stream()
         if route is not None:

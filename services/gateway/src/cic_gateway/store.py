@@ -22,6 +22,21 @@ def new_id(kind: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvironmentAuth:
+    """What a tenant request needs to know about its key's environment."""
+
+    id: str = ""
+    name: str = "production"
+    status: str = "active"
+    region: str = ""
+    # The models its keys may call; None: every model.
+    models: frozenset[str] | None = None
+    tpm_limit: int | None = None
+    tokens_per_day: int | None = None
+    concurrency_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class KeyAuth:
     """What a tenant request needs to know about the key it carries."""
 
@@ -33,6 +48,11 @@ class KeyAuth:
     tpm_limit: int | None
     tenant_rpm_limit: int | None
     tenant_tpm_limit: int | None
+    role: str = "developer"
+    # Seconds since the epoch after which the key fails like a revoked one (None: never).
+    expires_at: float | None = None
+    concurrency_limit: int | None = None
+    environment: EnvironmentAuth = EnvironmentAuth()
 
 
 def _tenant(row: asyncpg.Record) -> dict[str, Any]:
@@ -96,6 +116,12 @@ async def update_tenant(
     return None if row is None else _tenant(row)
 
 
+_KEY_COLUMNS = (
+    "id, tenant_id, environment_id, name, prefix, role, rpm_limit, tpm_limit, concurrency_limit,"
+    " expires_at, created_at, revoked_at, last_used_at"
+)
+
+
 async def create_key(
     pool: asyncpg.Pool,
     tenant_id: str,
@@ -104,12 +130,19 @@ async def create_key(
     key_hash: bytes,
     rpm_limit: int | None,
     tpm_limit: int | None,
+    *,
+    environment_id: str | None = None,
+    role: str = "developer",
+    expires_at: datetime | None = None,
+    concurrency_limit: int | None = None,
 ) -> dict[str, Any]:
+    """A new key; without ``environment_id`` it belongs to the tenant's production environment
+    (a trigger of migration 0003 picks it)."""
     row = await pool.fetchrow(
-        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, rpm_limit, tpm_limit)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        " RETURNING id, tenant_id, name, prefix, rpm_limit, tpm_limit, created_at, revoked_at,"
-        " last_used_at",
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, rpm_limit, tpm_limit,"  # noqa: S608 (constant column names)
+        " environment_id, role, expires_at, concurrency_limit)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        f" RETURNING {_KEY_COLUMNS}",
         new_id("key"),
         tenant_id,
         name,
@@ -117,6 +150,10 @@ async def create_key(
         key_hash,
         rpm_limit,
         tpm_limit,
+        environment_id,
+        role,
+        expires_at,
+        concurrency_limit,
     )
     assert row is not None
     return dict(row)
@@ -124,22 +161,25 @@ async def create_key(
 
 async def list_keys(pool: asyncpg.Pool, tenant_id: str) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT id, tenant_id, name, prefix, rpm_limit, tpm_limit, created_at, revoked_at,"
-        " last_used_at FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",  # noqa: S608 (constant column names)
         tenant_id,
     )
     return [dict(r) for r in rows]
 
 
-async def revoke_key(pool: asyncpg.Pool, key_id: str) -> dict[str, Any] | None:
-    """Marks the key revoked (keeping the first revocation time); None when the id is unknown."""
+async def revoke_key(
+    pool: asyncpg.Pool, key_id: str, tenant_id: str | None = None
+) -> dict[str, Any] | None:
+    """Marks the key revoked (keeping the first revocation time); None when the id is unknown
+    (or, with ``tenant_id``, belongs to another tenant)."""
     if "\x00" in key_id:  # no such id can exist: Postgres text holds no NUL character
         return None
     row = await pool.fetchrow(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1"
-        " RETURNING id, tenant_id, name, prefix, rpm_limit, tpm_limit, created_at, revoked_at,"
-        " last_used_at",
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"  # noqa: S608 (constant column names)
+        " WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)"
+        f" RETURNING {_KEY_COLUMNS}",
         key_id,
+        tenant_id,
     )
     return None if row is None else dict(row)
 
@@ -147,12 +187,18 @@ async def revoke_key(pool: asyncpg.Pool, key_id: str) -> dict[str, Any] | None:
 async def find_key(pool: asyncpg.Pool, key_hash: bytes) -> KeyAuth | None:
     row = await pool.fetchrow(
         "SELECT k.id, k.tenant_id, t.status, k.revoked_at IS NOT NULL AS revoked,"
-        " k.rpm_limit, k.tpm_limit, t.rpm_limit AS tenant_rpm, t.tpm_limit AS tenant_tpm"
-        " FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.key_hash = $1",
+        " k.rpm_limit, k.tpm_limit, t.rpm_limit AS tenant_rpm, t.tpm_limit AS tenant_tpm,"
+        " k.role, k.expires_at, k.concurrency_limit,"
+        " e.id AS env_id, e.name AS env_name, e.status AS env_status, e.region AS env_region,"
+        " e.models AS env_models, e.tpm_limit AS env_tpm, e.tokens_per_day AS env_tpd,"
+        " e.concurrency_limit AS env_concurrency"
+        " FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
+        " JOIN environments e ON e.id = k.environment_id WHERE k.key_hash = $1",
         key_hash,
     )
     if row is None:
         return None
+    models = row["env_models"]
     return KeyAuth(
         key_id=row["id"],
         tenant_id=row["tenant_id"],
@@ -162,6 +208,19 @@ async def find_key(pool: asyncpg.Pool, key_hash: bytes) -> KeyAuth | None:
         tpm_limit=row["tpm_limit"],
         tenant_rpm_limit=row["tenant_rpm"],
         tenant_tpm_limit=row["tenant_tpm"],
+        role=row["role"],
+        expires_at=None if row["expires_at"] is None else row["expires_at"].timestamp(),
+        concurrency_limit=row["concurrency_limit"],
+        environment=EnvironmentAuth(
+            id=row["env_id"],
+            name=row["env_name"],
+            status=row["env_status"],
+            region=row["env_region"] or "",
+            models=None if models is None else frozenset(models),
+            tpm_limit=row["env_tpm"],
+            tokens_per_day=row["env_tpd"],
+            concurrency_limit=row["env_concurrency"],
+        ),
     )
 
 

@@ -16,7 +16,7 @@ import grpc
 from aiohttp import web
 
 from cic.billing.v1 import billing_pb2
-from cic_gateway import store
+from cic_gateway import store, tenant_events
 from cic_gateway.errors import ApiError, bad_request, from_grpc_error
 from cic_gateway.jsonio import json_response
 from cic_gateway.resources import DB, KEYS, REVOCATIONS, SERVICES
@@ -42,7 +42,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     except grpc.aio.AioRpcError as err:
         raise _webhook_error(err) from None
     if reply.tenant_status:
-        await _apply(request.app, reply.tenant_id, reply.tenant_status)
+        await _apply(request.app, reply.tenant_id, reply.tenant_status, reply.event_type)
         try:
             await billing.ConfirmStripeEvent(
                 billing_pb2.ConfirmStripeEventRequest(event_id=reply.event_id)
@@ -63,7 +63,8 @@ def _webhook_error(err: grpc.aio.AioRpcError) -> ApiError:
     return from_grpc_error(err, "billing")
 
 
-async def _apply(app: web.Application, tenant_id: str, status: str) -> None:
+async def _apply(app: web.Application, tenant_id: str, status: str, event_type: str) -> None:
+    before = await store.get_tenant(app[DB], tenant_id)
     updated = await store.update_tenant(app[DB], tenant_id, {"status": status})
     if updated is None:
         log.warning("Stripe event for tenant %s, which the gateway does not know", tenant_id)
@@ -71,3 +72,5 @@ async def _apply(app: web.Application, tenant_id: str, status: str) -> None:
     app[KEYS].forget_tenant(tenant_id)
     await app[REVOCATIONS].tenant_changed(tenant_id)
     log.info("tenant %s is now %s (Stripe)", tenant_id, status)
+    previous = before["status"] if before is not None else None
+    await tenant_events.status_changed(app, previous, updated, f"Stripe {event_type}")

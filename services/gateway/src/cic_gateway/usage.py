@@ -67,6 +67,9 @@ class UsageRecord:
     finished_at: datetime
     streamed: bool
     status_code: int
+    environment_id: str = ""
+    # The serving node's `region` label (empty: none); billing applies its cost multiplier.
+    region: str = ""
 
 
 class UsageSink(Protocol):
@@ -98,6 +101,8 @@ def to_event(record: UsageRecord) -> billing_pb2.UsageEvent:
         finished_at=_timestamp(record.finished_at),
         streamed=record.streamed,
         status_code=record.status_code,
+        environment_id=record.environment_id,
+        region=record.region,
     )
 
 

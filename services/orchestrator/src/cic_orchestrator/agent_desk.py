@@ -43,13 +43,14 @@ class AgentDesk:
 
     async def register(self, node_id: str, token: str, agent_version: str) -> NodeState:
         state = await self._authenticate(node_id, token)
-        await self._store.agent_seen(node_id)
+        # The agent registers once vLLM's /health answers.
+        await self._store.agent_seen(node_id, vllm_healthy=True)
         log.info("node %s: agent %s registered", node_id, agent_version[:40] or "?")
         return state
 
     async def heartbeat(self, node_id: str, token: str, vllm_healthy: bool) -> NodeState:
         state = await self._authenticate(node_id, token)
-        await self._store.agent_seen(node_id)
+        await self._store.agent_seen(node_id, vllm_healthy)
         if not vllm_healthy:
             log.info("node %s: agent reports vLLM's /health failing", node_id)
         return state

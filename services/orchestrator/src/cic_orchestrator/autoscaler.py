@@ -1,8 +1,11 @@
-"""The autoscaler: keeps each model with a scaling policy at the number of nodes its queue asks.
+"""The autoscaler: keeps each model with a scaling policy at the number of nodes its load asks.
 
-Every AUTOSCALE_INTERVAL_S it reads the scheduler's load signal (requests running and waiting
-on each model's ready nodes) and compares the nodes the policy wants with the nodes the model
-has (launching or ready). Below ``min_nodes`` it launches at once; above demand it launches
+Every AUTOSCALE_INTERVAL_S it reads the load signal — the scheduler's queue (requests running
+and waiting on each model's ready nodes) and, for policies with a ``target_latency_ms``, the
+nodes' mean time to first token since the last look (:mod:`cic_orchestrator.latency`) — and
+compares the nodes the policy wants with the nodes the model has (launching or ready). Latency
+above target asks one node more than the model has (none while one is still launching) and
+holds off any scale-down. Below ``min_nodes`` it launches at once; above demand it launches
 only once the demand has lasted SCALE_UP_AFTER_S (30 s by default, where SkyServe waits
 300 s); below demand for SCALE_DOWN_AFTER_S it terminates the least busy node, which drains
 first (the scheduler stops sending it traffic and the node is ended at zero in flight).
@@ -19,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from cic_orchestrator.latency import LatencyProbe
 from cic_orchestrator.lifecycle import NodeLifecycle
 from cic_orchestrator.metrics import OrchestratorMetrics
 from cic_orchestrator.nodes import NodeError, NodeRecord, NodeState
@@ -43,7 +47,9 @@ class Autoscaler:
         scale_up_after_s: float,
         scale_down_after_s: float,
         clock: Callable[[], float] = time.monotonic,
+        latency: LatencyProbe | None = None,
     ) -> None:
+        self._latency = latency or LatencyProbe()
         self._policies = policies
         self._store = store
         self._scheduler = scheduler
@@ -72,6 +78,7 @@ class Autoscaler:
         self._wants_more_since.clear()
         self._wants_fewer_since.clear()
         self._launched_at.clear()
+        await self._latency.close()
 
     async def _run(self) -> None:
         while True:
@@ -90,19 +97,34 @@ class Autoscaler:
             return
         queued = await self._scheduler.queued_by_model()
         live = await self._store.list((NodeState.LAUNCHING, NodeState.READY))
+        timed = {p.model for p in policies if p.target_latency_ms > 0}
+        latency = await self._latency.ttft_ms_by_model(
+            n for n in live if n.state is NodeState.READY and n.model in timed
+        )
         for policy in policies:
             nodes = [n for n in live if n.model == policy.model]
-            await self._scale(policy, queued.get(policy.model, 0.0), nodes)
+            await self._scale(
+                policy, queued.get(policy.model, 0.0), nodes, latency.get(policy.model)
+            )
         known = {p.model for p in policies}
         for timers in (self._wants_more_since, self._wants_fewer_since, self._launched_at):
             for model in set(timers) - known:
                 del timers[model]
 
-    async def _scale(self, policy: ScalingPolicy, queued: float, nodes: list[NodeRecord]) -> None:
+    async def _scale(
+        self,
+        policy: ScalingPolicy,
+        queued: float,
+        nodes: list[NodeRecord],
+        latency_ms: float | None = None,
+    ) -> None:
         model, now = policy.model, self._clock()
-        desired = policy.desired_nodes(queued)
-        self._metrics.desired_nodes.labels(model).set(desired)
         current = len(nodes)
+        launching = any(n.state is NodeState.LAUNCHING for n in nodes)
+        desired = policy.desired_nodes(queued, current, latency_ms, launching)
+        self._metrics.desired_nodes.labels(model).set(desired)
+        if policy.target_latency_ms > 0 and latency_ms is not None:
+            self._metrics.time_to_first_token.labels(model).set(latency_ms / 1000.0)
         if desired > current:
             self._wants_fewer_since.pop(model, None)
             since = self._wants_more_since.setdefault(model, now)
@@ -110,7 +132,7 @@ class Autoscaler:
                 now - self._launched_at.get(model, -math.inf) >= self._up_after_s
             )
             if below_min or now - since >= self._up_after_s:
-                await self._launch(policy, desired - current, queued)
+                await self._launch(policy, desired - current, queued, latency_ms)
                 self._wants_more_since.pop(model, None)
                 self._launched_at[model] = now
         elif desired < current:
@@ -123,8 +145,16 @@ class Autoscaler:
             self._wants_more_since.pop(model, None)
             self._wants_fewer_since.pop(model, None)
 
-    async def _launch(self, policy: ScalingPolicy, count: int, queued: float) -> None:
-        log.info("autoscaler: %s: %g queued, launching %d node(s)", policy.model, queued, count)
+    async def _launch(
+        self, policy: ScalingPolicy, count: int, queued: float, latency_ms: float | None
+    ) -> None:
+        log.info(
+            "autoscaler: %s: %g queued, time to first token %s, launching %d node(s)",
+            policy.model,
+            queued,
+            "unknown" if latency_ms is None else f"{latency_ms:.0f} ms",
+            count,
+        )
         for _ in range(count):
             try:
                 accelerators, vllm_args = policy.launch_resources()

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from cic_common.settings import GrpcServiceSettings, HostPort, PostgresUrl
+from cic_common.settings import GrpcServiceSettings, HostPort, PostgresUrl, RedisUrl
 from cic_orchestrator.task import (
     DEFAULT_AGENT_PACKAGE,
     DEFAULT_VLLM_VERSION,
@@ -33,6 +33,8 @@ class Settings(GrpcServiceSettings):
     # The simulator command the local provider starts; split like a shell would.
     local_sim_command: str = "cic-vllm-sim"
     local_sim_host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    # The `region` label of the local provider's nodes (empty: none).
+    local_sim_region: str = Field(default="", pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")
     # A node whose /health has not answered this long after launch fails and is cleaned up.
     launch_timeout_s: float = Field(default=120.0, gt=0, le=86400)
     # How often /health is polled while a node launches (and the scheduler while one drains).
@@ -61,9 +63,10 @@ class Settings(GrpcServiceSettings):
     skypilot_call_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     # The node agent (cic-node-agent) the SkyPilot task runs beside vLLM: the gateway's public
-    # URL it reports to (empty: nodes run no agent) and the pip requirement that installs it.
+    # URL it reports to (empty: nodes run no agent) and what installs it — the path of its wheel
+    # (the image carries one; file_mounts copy it to the node), a requirement or a wheel's URL.
     node_agent_control_plane_url: str = ""
-    node_agent_package: str = DEFAULT_AGENT_PACKAGE
+    node_agent_package: str = Field(default=DEFAULT_AGENT_PACKAGE, validate_default=True)
     # A ready node whose agent has reported before and is silent this long is degraded.
     agent_silent_after_s: float = Field(default=30.0, gt=0, le=86400)
     # A ready node whose /health has failed this long (its agent silent too) is dead: it fails
@@ -80,6 +83,11 @@ class Settings(GrpcServiceSettings):
     # Clusters with the prefix that no node owns are torn down once seen for this long.
     orphan_grace_s: float = Field(default=300.0, ge=0, le=86400)
 
+    # The event bus (node.failed and node.preempted, for the operator's notification channels);
+    # unset: nothing is published.
+    redis_url: RedisUrl | None = None
+    redis_key_prefix: str = Field(default="cic:", max_length=100, pattern=r"^[A-Za-z0-9_.:\-]*$")
+
     # Leader election: how often a standby tries to take the lock, and the leader checks it.
     leader_poll_interval_s: float = Field(default=2.0, gt=0, le=300)
 
@@ -88,6 +96,11 @@ class Settings(GrpcServiceSettings):
     autoscale_interval_s: float = Field(default=5.0, gt=0, le=3600)
     scale_up_after_s: float = Field(default=30.0, ge=0, le=3600)
     scale_down_after_s: float = Field(default=300.0, ge=0, le=86400)
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_redis_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("node_providers")
     @classmethod
@@ -104,8 +117,8 @@ class Settings(GrpcServiceSettings):
 
     @field_validator("node_agent_package")
     @classmethod
-    def _agent_package(cls, value: str) -> str:
-        return check_agent_package(value)
+    def _agent_package(cls, value: str, info: ValidationInfo) -> str:
+        return check_agent_package(value, info.data.get("node_agent_control_plane_url", ""))
 
     @field_validator("vllm_version")
     @classmethod

@@ -33,6 +33,8 @@ class LeaderElection:
         self._poll_interval_s = poll_interval_s
         self._key = lock_key() if key is None else key
         self._connection: asyncpg.Connection | None = None
+        # One query at a time on the lock connection (several failures may ask at once).
+        self._checking = asyncio.Lock()
 
     @property
     def leading(self) -> bool:
@@ -69,25 +71,42 @@ class LeaderElection:
             await _close(connection)
         return False
 
+    async def confirm(self) -> bool:
+        """Whether this replica holds the lock now: its lock connection answers. Called every
+        poll interval, and before an action only the leader may take (failing or replacing a
+        node), so that a replica whose lock was lost between two polls does not act on it."""
+        async with self._checking:
+            connection = self._connection
+            if connection is None:
+                return False
+            return await self._answers(connection)
+
+    async def _answers(self, connection: asyncpg.Connection) -> bool:
+        try:
+            await connection.fetchval("SELECT 1", timeout=self._poll_interval_s + 5)
+            return True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+            if self._connection is connection:
+                log.error("leader: lost the lock connection (%s); stepping down", err)
+                self._connection = None
+                await _close(connection)
+            return False
+
     async def lost(self) -> None:
         """Returns when this replica no longer holds the lock (its connection failed)."""
         while self._connection is not None:
             await asyncio.sleep(self._poll_interval_s)
-            try:
-                await self._connection.fetchval("SELECT 1", timeout=self._poll_interval_s + 5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
-                log.error("leader: lost the lock connection (%s); stepping down", err)
-                connection, self._connection = self._connection, None
-                await _close(connection)
+            await self.confirm()
 
     async def release(self) -> None:
         """Gives the lock up at once (a standby takes over at its next try)."""
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await connection.execute("SELECT pg_advisory_unlock($1)", self._key, timeout=5)
-        await _close(connection)
+        async with self._checking:
+            connection, self._connection = self._connection, None
+            if connection is None:
+                return
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await connection.execute("SELECT pg_advisory_unlock($1)", self._key, timeout=5)
+            await _close(connection)
         log.info("leader: lock released")
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +20,11 @@ from typing import Any
 import asyncpg
 import grpc
 
+from cic_common.events_bus import EventBus, EventKind
+from cic_orchestrator import labels
 from cic_orchestrator.config import Settings
 from cic_orchestrator.health_probe import HealthProbe
+from cic_orchestrator.labels import check_region
 from cic_orchestrator.metrics import OrchestratorMetrics
 from cic_orchestrator.nodes import (
     LIVE_STATES,
@@ -70,8 +73,13 @@ class NodeLifecycle:
         scheduler: SchedulerClient,
         probe: HealthProbe,
         metrics: OrchestratorMetrics,
+        events: EventBus | None = None,
+        leading: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._settings = settings
+        # Asks whether this replica still holds the leader lock (None: it always leads).
+        self._leading = leading
+        self._events = events  # node.failed, node.preempted (None: no REDIS_URL)
         self._store = store
         self._providers = providers
         self._scheduler = scheduler
@@ -149,13 +157,20 @@ class NodeLifecycle:
         await provider.check_spec(spec)
         return spec, provider
 
-    async def adopt(self, endpoint: str, model: str) -> NodeRecord:
+    async def adopt(self, endpoint: str, model: str, region: str = "") -> NodeRecord:
         check_model(model)
         spec = NodeSpec(new_node_id(), model)
+        handle = {labels.HANDLE_KEY: {"region": region}} if check_region(region) else {}
         record = await self._store.insert(
-            spec, EXTERNAL, NodeState.LAUNCHING, endpoint=check_endpoint(endpoint)
+            spec, EXTERNAL, NodeState.LAUNCHING, endpoint=check_endpoint(endpoint), handle=handle
         )
-        log.info("node %s: adopting %s at %s", record.id, model, record.endpoint)
+        log.info(
+            "node %s: adopting %s at %s%s",
+            record.id,
+            model,
+            record.endpoint,
+            f" in region {region}" if region else "",
+        )
         self._run(record.id, self._bring_up(record, self._provider(record), launch=False))
         await self.refresh_gauges()
         return record
@@ -220,15 +235,25 @@ class NodeLifecycle:
     ) -> None:
         """Marks the node failed, ends whatever remains of it, takes it out of the scheduler;
         a node lost after it was ready is replaced (REPLACE_LOST_NODES), and a refused spot
-        launch is launched again on-demand (SPOT_FALLBACK_ON_DEMAND)."""
+        launch is launched again on-demand (SPOT_FALLBACK_ON_DEMAND). A replica that no longer
+        leads leaves the record as it is: the next leader finds the node gone, fails it and
+        replaces it (two replicas acting on one failure would each launch a replacement, or the
+        old one end the replacement it launched as it steps down)."""
+        if not await self._still_leading():
+            log.warning(
+                "node %s: %s; left to the leader (this replica no longer leads)", record.id, reason
+            )
+            return
         failed = await self._store.transition(record.id, allowed_from, NodeState.FAILED, reason)
         if failed is None:
             return
         log.warning("node %s: failed: %s", record.id, reason)
-        # Out of the scheduler first, then a replacement, then the end of what remains (a
-        # cluster's teardown can take a while).
+        # Out of the scheduler first (before anything that may wait, such as a slow event
+        # bus), then the event, a replacement, and the end of what remains (a cluster's
+        # teardown can take a while).
         if failed.previous_state in (NodeState.READY, NodeState.DRAINING):
             await self.deregister_quietly(failed.id)
+        await self._publish(EventKind.NODE_FAILED, failed, reason=reason)
         if failed.previous_state is NodeState.READY:
             await self.replace(failed, use_spot=failed.use_spot)
         elif spot_refused and failed.use_spot and self._settings.spot_fallback_on_demand:
@@ -240,9 +265,15 @@ class NodeLifecycle:
             log.warning("node %s: cannot end what remains of it yet: %s", record.id, err)
         await self.refresh_gauges()
 
+    async def _still_leading(self) -> bool:
+        return self._leading is None or await self._leading()
+
     async def replace(self, record: NodeRecord, use_spot: bool) -> NodeRecord | None:
         """Launches one node like ``record`` (once per node; never for registered servers)."""
         if record.provider == EXTERNAL or not self._settings.replace_lost_nodes:
+            return None
+        if not await self._still_leading():
+            log.warning("node %s: not replaced here: this replica no longer leads", record.id)
             return None
         if not await self._store.claim_replacement(record.id):
             return None
@@ -277,6 +308,7 @@ class NodeLifecycle:
         if draining is None:
             return await self.get(record.id)
         log.warning("node %s: preempted (%s); draining", record.id, record.preemption or "notice")
+        await self._publish(EventKind.NODE_PREEMPTED, draining, notice=record.preemption)
         if draining.previous_state is NodeState.READY:
             await self.replace(draining, use_spot=draining.use_spot)
         if not_after is not None:
@@ -285,6 +317,20 @@ class NodeLifecycle:
         self.resume_retire(draining)
         await self.refresh_gauges()
         return draining
+
+    async def _publish(self, kind: EventKind, record: NodeRecord, **detail: str) -> None:
+        """Tells the event bus (never raises; the bus logs what it could not publish)."""
+        if self._events is None:
+            return
+        data = {
+            "node_id": record.id,
+            "model": record.model,
+            "provider": record.provider,
+            "cloud": record.cloud,
+            "previous_state": record.previous_state.value if record.previous_state else "",
+            **detail,
+        }
+        await self._events.publish(kind, None, data)
 
     async def shutdown(self, leadership_lost: bool = False) -> None:
         """Cancels the background tasks, ends the nodes that must not outlive this process and
@@ -432,13 +478,13 @@ class NodeLifecycle:
                 if time.monotonic() >= deadline:
                     return _Unhealthy("timeout", f"not up within {timeout_s:g}s")
                 await asyncio.wait([waiting], timeout=self._settings.health_poll_interval_s)
-            endpoint = waiting.result()
+            up = waiting.result()
         except LaunchError as err:
             return _Unhealthy("failed", str(err), spot_refused=True)
         finally:
             waiting.cancel()
-        log.info("node %s: machine up at %s", record.id, endpoint)
-        stored = await self._store.set_launched(record.id, endpoint, record.provider_handle)
+        log.info("node %s: machine up at %s", record.id, up.endpoint)
+        stored = await self._store.set_launched(record.id, up.endpoint, up.handle)
         return stored or record
 
     async def _wait_healthy(

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cic_common.events_bus import EventBusMetrics
+
 _LAUNCH_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
 
 
@@ -43,6 +45,13 @@ class OrchestratorMetrics:
             ["model"],
             registry=registry,
         )
+        self.time_to_first_token = Gauge(
+            "cic_orchestrator_time_to_first_token_seconds",
+            "A model's mean time to first token on its ready nodes since the autoscaler's last "
+            "look (models whose deployment has a latency target)",
+            ["model"],
+            registry=registry,
+        )
         self.leader = Gauge(
             "cic_orchestrator_leader",
             "1 while this replica holds the leader lock and is active, else 0",
@@ -56,6 +65,7 @@ class OrchestratorMetrics:
             registry=registry,
         )
         self._seen: set[tuple[str, str]] = set()
+        self.events = EventBusMetrics(registry)  # cic_events_published_total
 
     def set_health_counts(self, counts: Mapping[str, int]) -> None:
         for health in ("healthy", "degraded", "suspect"):

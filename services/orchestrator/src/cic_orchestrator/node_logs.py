@@ -74,6 +74,8 @@ class NodeLogs(logging.Handler):
         self._nodes.move_to_end(node_id)
         log.lines.append(line)
         for queue in log.followers:
+            if queue.full():  # a follower that does not keep up loses its oldest lines
+                queue.get_nowait()
             queue.put_nowait(line)
 
     async def stream(
@@ -83,7 +85,8 @@ class NodeLogs(logging.Handler):
         log = self._nodes.get(node_id)
         if log is None:
             log = self._nodes[node_id] = _NodeLog(self._max_lines)
-        queue: asyncio.Queue[LogLine] = asyncio.Queue()
+        # Bounded like the kept lines: a slow reader (a stalled client) holds no more.
+        queue: asyncio.Queue[LogLine] = asyncio.Queue(maxsize=self._max_lines)
         log.followers.add(queue)
         try:
             for line in list(log.lines):

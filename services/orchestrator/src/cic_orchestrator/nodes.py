@@ -103,6 +103,8 @@ class NodeRecord:
     use_spot: bool = False
     health: NodeHealth = NodeHealth.UNKNOWN
     agent_seen_at: datetime | None = None
+    # What the agent last said of vLLM's /health (None: it has not said).
+    agent_vllm_healthy: bool | None = None
     probe_failing_since: datetime | None = None
     has_agent_token: bool = False
     replaces: str = ""

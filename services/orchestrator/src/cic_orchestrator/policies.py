@@ -14,6 +14,7 @@ from cic_orchestrator.sizing import AUTO, choose
 from cic_orchestrator.validation import check_accelerators, check_cloud, check_model
 
 MAX_NODES = 1000
+MAX_LATENCY_MS = 600_000.0
 
 
 class PolicyNotFound(NodeError):
@@ -31,6 +32,8 @@ class ScalingPolicy:
     use_spot: bool = False
     vllm_args: tuple[str, ...] = ()
     clouds: tuple[str, ...] = ()
+    # Mean time to first token (ms) above which one more node is wanted; 0: not used.
+    target_latency_ms: float = 0.0
 
     @property
     def launch_cloud(self) -> str:
@@ -43,10 +46,25 @@ class ScalingPolicy:
             return choose(self.model, self.launch_cloud, self.vllm_args)
         return self.accelerators, self.vllm_args
 
-    def desired_nodes(self, queued: float) -> int:
-        """Nodes needed so that each holds about ``target_queue_per_node`` of ``queued``."""
+    def desired_nodes(
+        self,
+        queued: float,
+        current: int = 0,
+        latency_ms: float | None = None,
+        launching: bool = False,
+    ) -> int:
+        """Nodes needed so that each holds about ``target_queue_per_node`` of ``queued``; and,
+        with a latency target, while ``latency_ms`` (the nodes' recent mean time to first
+        token; None: no request started lately) is above it, one more than the ``current``
+        nodes — or as many while one is ``launching`` (its effect is not seen yet). Within
+        the bounds either way."""
         wanted = math.ceil(queued / self.target_queue_per_node - 1e-9) if queued > 0 else 0
+        if self.latency_too_high(latency_ms) and current > 0:
+            wanted = max(wanted, current if launching else current + 1)
         return max(self.min_nodes, min(self.max_nodes, wanted))
+
+    def latency_too_high(self, latency_ms: float | None) -> bool:
+        return 0 < self.target_latency_ms < (latency_ms if latency_ms is not None else 0)
 
 
 def check_policy(policy: ScalingPolicy) -> ScalingPolicy:
@@ -66,6 +84,11 @@ def check_policy(policy: ScalingPolicy) -> ScalingPolicy:
     target = policy.target_queue_per_node
     if not math.isfinite(target) or not 0 < target <= 100_000:
         raise InvalidNodeRequest("target_queue_per_node must be above 0 and at most 100000")
+    latency = policy.target_latency_ms
+    if not math.isfinite(latency) or not 0 <= latency <= MAX_LATENCY_MS:
+        raise InvalidNodeRequest(
+            f"target_latency_ms must be between 0 (not used) and {MAX_LATENCY_MS:g}"
+        )
     return policy
 
 
@@ -80,6 +103,7 @@ def _policy(row: asyncpg.Record) -> ScalingPolicy:
         use_spot=row["use_spot"],
         vllm_args=tuple(json.loads(row["vllm_args"])),
         clouds=tuple(json.loads(row["clouds"])),
+        target_latency_ms=row["target_latency_ms"],
     )
 
 
@@ -90,11 +114,12 @@ class PolicyStore:
     async def put(self, policy: ScalingPolicy) -> ScalingPolicy:
         row = await self._pool.fetchrow(
             "INSERT INTO scaling_policies (model, min_nodes, max_nodes, target_queue_per_node,"
-            " accelerators, cloud, use_spot, vllm_args, clouds)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)"
+            " accelerators, cloud, use_spot, vllm_args, clouds, target_latency_ms)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)"
             " ON CONFLICT (model) DO UPDATE SET min_nodes = $2, max_nodes = $3,"
             " target_queue_per_node = $4, accelerators = $5, cloud = $6, use_spot = $7,"
-            " vllm_args = $8::jsonb, clouds = $9::jsonb, updated_at = now()"
+            " vllm_args = $8::jsonb, clouds = $9::jsonb, target_latency_ms = $10,"
+            " updated_at = now()"
             " RETURNING *",
             policy.model,
             policy.min_nodes,
@@ -105,6 +130,7 @@ class PolicyStore:
             policy.use_spot,
             json.dumps(list(policy.vllm_args)),
             json.dumps(list(policy.clouds)),
+            policy.target_latency_ms,
         )
         assert row is not None
         return _policy(row)

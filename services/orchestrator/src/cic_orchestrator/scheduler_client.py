@@ -6,6 +6,7 @@ import grpc
 
 from cic.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from cic_common.grpc_client import create_channel
+from cic_orchestrator.labels import node_labels
 from cic_orchestrator.nodes import NodeRecord
 
 # Codes that mean "the scheduler cannot be reached now" rather than "it said no".
@@ -27,15 +28,15 @@ class SchedulerClient:
         await self._channel.close()
 
     async def register(self, node: NodeRecord) -> None:
-        """Adds the node to the scheduler's rotation as READY (an update if it is known)."""
-        labels = {"provider": node.provider, "cloud": node.cloud, "accelerators": node.accelerators}
+        """Adds the node to the scheduler's rotation as READY (an update if it is known), with
+        its labels (see :mod:`cic_orchestrator.labels`)."""
         await self._stub.RegisterNode(
             scheduler_pb2.RegisterNodeRequest(
                 id=node.id,
                 model=node.model,
                 endpoint=node.endpoint,
                 state=scheduler_pb2.NODE_STATE_READY,
-                labels={k: v for k, v in labels.items() if v},
+                labels=node_labels(node),
             )
         )
 

@@ -10,9 +10,11 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from cic.orchestrator.v1 import orchestrator_pb2_grpc
-from cic_common.db import open_pool
+from cic_common.db import close_pool, open_pool
+from cic_common.events_bus import EventBus
 from cic_common.grpc_server import GrpcServer
 from cic_common.metrics import GrpcMetrics
+from cic_common.redis import create_redis
 from cic_orchestrator.agent_desk import AgentDesk
 from cic_orchestrator.autoscaler import Autoscaler
 from cic_orchestrator.config import Settings
@@ -48,6 +50,13 @@ class OrchestratorService:
         self.probe = HealthProbe(settings.health_probe_timeout_s)
         self.election = LeaderElection(settings.database_url, settings.leader_poll_interval_s)
         self.node_logs = NodeLogs(settings.node_log_lines)
+        # The event bus (node.failed, node.preempted); the client connects on first use.
+        self._redis = create_redis(settings.redis_url, 8) if settings.redis_url else None
+        self.events = (
+            EventBus(self._redis, settings.redis_key_prefix, self.metrics.events)
+            if self._redis is not None
+            else None
+        )
         self._pool = None
         self.lifecycle: NodeLifecycle | None = None
         self.supervisor: Supervisor | None = None
@@ -70,7 +79,14 @@ class OrchestratorService:
         policies = PolicyStore(self._pool)
         s = self.settings
         self.lifecycle = NodeLifecycle(
-            s, store, self.providers, self.scheduler, self.probe, self.metrics
+            s,
+            store,
+            self.providers,
+            self.scheduler,
+            self.probe,
+            self.metrics,
+            self.events,
+            leading=self.election.confirm,
         )
         self.supervisor = Supervisor(
             store,
@@ -168,6 +184,7 @@ class OrchestratorService:
         """Only the leader reports nodes and wishes (a standby's would be counted twice)."""
         self.metrics.set_node_counts({})
         self.metrics.desired_nodes.clear()
+        self.metrics.time_to_first_token.clear()
 
     async def _set_serving(self, serving: bool) -> None:
         """The orchestrator service's own health follows leadership (a readiness probe on it
@@ -203,8 +220,11 @@ class OrchestratorService:
         self._clear_gauges()
         await self.probe.close()
         await self.scheduler.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
         if self._pool is not None:
-            await self._pool.close()
+            await close_pool(self._pool)
             self._pool = None
         self.lifecycle = self.supervisor = self.autoscaler = None
 

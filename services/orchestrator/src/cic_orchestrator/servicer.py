@@ -88,6 +88,7 @@ def policy_to_proto(policy: ScalingPolicy) -> orchestrator_pb2.ScalingPolicy:
         use_spot=policy.use_spot,
         vllm_args=list(policy.vllm_args),
         clouds=list(policy.clouds),
+        target_latency_ms=policy.target_latency_ms,
     )
 
 
@@ -132,7 +133,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.RegisterNodeRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.RegisterNodeResponse:
         await self._serving(context)
-        record = await _answer(context, self._lifecycle.adopt(request.endpoint, request.model))
+        record = await _answer(
+            context, self._lifecycle.adopt(request.endpoint, request.model, request.region)
+        )
         return orchestrator_pb2.RegisterNodeResponse(node=to_proto(record))
 
     async def TerminateNode(
@@ -170,6 +173,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def _set_policy(self, given: orchestrator_pb2.ScalingPolicy) -> ScalingPolicy:
         if not math.isfinite(given.target_queue_per_node):
             raise InvalidNodeRequest("target_queue_per_node must be a finite number")
+        if not math.isfinite(given.target_latency_ms):
+            raise InvalidNodeRequest("target_latency_ms must be a finite number")
         policy = check_policy(
             ScalingPolicy(
                 model=given.model,
@@ -181,6 +186,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 use_spot=given.use_spot,
                 vllm_args=tuple(given.vllm_args),
                 clouds=tuple(given.clouds),
+                target_latency_ms=given.target_latency_ms,
             )
         )
         accelerators, _ = policy.launch_resources()  # auto: refused here if it cannot choose

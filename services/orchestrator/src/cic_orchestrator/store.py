@@ -36,6 +36,7 @@ def _record(row: asyncpg.Record) -> NodeRecord:
         use_spot=row["use_spot"],
         health=NodeHealth(row["health"]),
         agent_seen_at=row["agent_seen_at"],
+        agent_vllm_healthy=row["agent_vllm_healthy"],
         probe_failing_since=row["probe_failing_since"],
         has_agent_token=bool(row["agent_token_sha256"]),
         replaces=row["replaces"],
@@ -54,14 +55,20 @@ class NodeStore:
         self._pool = pool
 
     async def insert(
-        self, spec: NodeSpec, provider: str, state: NodeState, endpoint: str = ""
+        self,
+        spec: NodeSpec,
+        provider: str,
+        state: NodeState,
+        endpoint: str = "",
+        handle: Mapping[str, Any] | None = None,
     ) -> NodeRecord:
         """Adds a node; raises :class:`EndpointInUse` if a live node has ``endpoint``."""
         try:
             row = await self._pool.fetchrow(
                 "INSERT INTO nodes (id, model, provider, accelerators, cloud, vllm_args, state,"
-                " endpoint, use_spot, agent_token_sha256, replaces)"
-                " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11) RETURNING *",
+                " endpoint, use_spot, agent_token_sha256, replaces, provider_handle)"
+                " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12::jsonb)"
+                " RETURNING *",
                 spec.node_id,
                 spec.model,
                 provider,
@@ -73,6 +80,7 @@ class NodeStore:
                 spec.use_spot,
                 token_digest(spec.agent_token) if spec.agent_token else "",
                 spec.replaces,
+                json.dumps(dict(handle or {})),
             )
         except asyncpg.UniqueViolationError:
             raise EndpointInUse(f"a live node already serves {endpoint}") from None
@@ -133,8 +141,13 @@ class NodeStore:
         )
         return None if row is None else (NodeState(row["state"]), row["agent_token_sha256"])
 
-    async def agent_seen(self, node_id: str) -> None:
-        await self._pool.execute("UPDATE nodes SET agent_seen_at = now() WHERE id = $1", node_id)
+    async def agent_seen(self, node_id: str, vllm_healthy: bool) -> None:
+        """The agent reported now, saying whether vLLM's /health answers on its machine."""
+        await self._pool.execute(
+            "UPDATE nodes SET agent_seen_at = now(), agent_vllm_healthy = $2 WHERE id = $1",
+            node_id,
+            vllm_healthy,
+        )
 
     async def set_preemption(self, node_id: str, notice: str) -> None:
         await self._pool.execute(

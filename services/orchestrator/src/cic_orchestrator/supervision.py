@@ -150,7 +150,7 @@ class Supervisor:
             if health is not record.health:
                 log.info("node %s: %s -> %s", record.id, record.health or "new", health)
             if health is NodeHealth.DEAD:
-                reason = status.reason if not status.alive else "/health and agent silent"
+                reason = status.reason if not status.alive else _dead_reason(record)
                 await self._lifecycle.fail(record, reason, (NodeState.READY,))
                 continue
             counts[health.value] += 1
@@ -202,4 +202,11 @@ def _signals(record: NodeRecord, machine_alive: bool, probe_ok: bool) -> Signals
         agent_silent_for_s=None
         if record.agent_seen_at is None
         else (now - record.agent_seen_at).total_seconds(),
+        agent_vllm_healthy=record.agent_vllm_healthy,
     )
+
+
+def _dead_reason(record: NodeRecord) -> str:
+    if record.agent_seen_at is not None and record.agent_vllm_healthy is False:
+        return "/health failing; the agent last reported vLLM failing too"
+    return "/health and agent silent"

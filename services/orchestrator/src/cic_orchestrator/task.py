@@ -12,10 +12,11 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cic_orchestrator.nodes import InvalidNodeRequest
 from cic_orchestrator.validation import (
@@ -74,12 +75,22 @@ VLLM_FLAGS: dict[str, ValueCheck] = {
 }
 
 
-# What installs the node agent beside vLLM: the package from the index, or a wheel's URL.
-DEFAULT_AGENT_PACKAGE = "cic-node-agent==0.1.0"
+# What installs the node agent beside vLLM. Usually the wheel built from agents/node-agent (the
+# orchestrator's image carries it): a local path, which the task's file_mounts copy to the node,
+# so no package index is involved. Else a requirement on an index the nodes use, or a wheel's
+# https URL. Empty: none chosen (then nodes cannot run the agent).
+DEFAULT_AGENT_PACKAGE = ""
 _AGENT_PACKAGE = re.compile(
     r"^(?:cic-node-agent(?:==\d{1,4}\.\d{1,4}\.\d{1,4})?"
     r"|https://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?/[A-Za-z0-9._~/+-]{1,400}\.whl)$"
 )
+_AGENT_WHEEL = re.compile(
+    r"^/(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,100}/){0,20}"
+    r"cic_node_agent-\d{1,4}\.\d{1,4}\.\d{1,4}-py3-none-any\.whl$"
+)
+# Where the task's file_mounts put the agent's wheel on the node (setup installs it from there):
+# under the home directory of the user SkyPilot runs the task as.
+AGENT_WHEEL_DIR_ON_NODE = "~/.cic/node-agent"
 _CONTROL_PLANE = re.compile(
     r"^https?://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?(?:/[A-Za-z0-9._~/-]{0,200})?$"
 )
@@ -87,10 +98,28 @@ _NODE_ID = re.compile(r"^node-[0-9a-f]{12}$")
 _AGENT_TOKEN = re.compile(r"^cic-node-[A-Za-z0-9_-]{43}$")
 
 
-def check_agent_package(value: str) -> str:
+def is_agent_wheel_path(value: str) -> bool:
+    return bool(_AGENT_WHEEL.fullmatch(value))
+
+
+def check_agent_package(value: str, control_plane_url: str = "") -> str:
+    """Checks the agent's install source (a wheel's path: its form; that the file is there is
+    :func:`check_agent_wheel_exists`, on the machine that launches)."""
+    if not value:
+        if control_plane_url:
+            raise ValueError(
+                "required with a control-plane URL: the path of the node agent's wheel "
+                "(uv build --wheel agents/node-agent), or a requirement or https URL"
+            )
+        return value
+    if is_agent_wheel_path(value):
+        if ".." in PurePosixPath(value).parts:
+            raise ValueError("must be a path without ..")
+        return value
     if not _AGENT_PACKAGE.fullmatch(value):
         raise ValueError(
-            "must be cic-node-agent, cic-node-agent==X.Y.Z or an https:// URL of a .whl"
+            "must be the absolute path of a cic_node_agent-X.Y.Z-py3-none-any.whl, "
+            "cic-node-agent, cic-node-agent==X.Y.Z or an https:// URL of a .whl"
         )
     return value
 
@@ -107,6 +136,13 @@ def check_vllm_version(value: str) -> str:
     return value
 
 
+def check_agent_wheel_exists(settings: TaskSettings) -> None:
+    """Raises ValueError when the task would copy an agent wheel that is not there."""
+    package = settings.agent_package
+    if settings.control_plane_url and is_agent_wheel_path(package) and not Path(package).is_file():
+        raise ValueError(f"there is no node agent wheel at {package}")
+
+
 class TaskSettings(BaseModel):
     """What every rendered task shares (VLLM_VERSION, VLLM_PORT)."""
 
@@ -116,7 +152,7 @@ class TaskSettings(BaseModel):
     vllm_port: int = Field(default=8000, ge=1024, le=65535)
     # The gateway's public URL the node agent reports to; empty: no agent.
     control_plane_url: str = ""
-    agent_package: str = DEFAULT_AGENT_PACKAGE
+    agent_package: str = Field(default=DEFAULT_AGENT_PACKAGE, validate_default=True)
 
     @field_validator("vllm_version")
     @classmethod
@@ -130,8 +166,8 @@ class TaskSettings(BaseModel):
 
     @field_validator("agent_package")
     @classmethod
-    def _agent_package(cls, value: str) -> str:
-        return check_agent_package(value)
+    def _agent_package(cls, value: str, info: ValidationInfo) -> str:
+        return check_agent_package(value, info.data.get("control_plane_url", ""))
 
 
 @dataclass(frozen=True)
@@ -195,7 +231,8 @@ def task_config(
 ) -> dict[str, Any]:
     """The task as SkyPilot's YAML schema has it (``sky.Task.from_yaml_config`` takes it).
 
-    With ``agent`` and a control-plane URL, the setup also installs ``cic-node-agent`` and the
+    With ``agent`` and a control-plane URL, the setup also installs ``cic-node-agent`` (a local
+    wheel is copied to the node by the task's ``file_mounts`` and installed from there) and the
     run command starts it in the background before vLLM; the agent's token travels as a
     SkyPilot secret (redacted in SkyPilot's own displays), never in the command."""
     resources: dict[str, Any] = {
@@ -213,9 +250,15 @@ def task_config(
         config["name"] = name
     config["resources"] = resources
     packages = [f"vllm=={settings.vllm_version}"]
+    copied = ""  # the agent's wheel on the node: a checked name, left unquoted for the `~`
     run = run_command(task, settings.vllm_port)
     if agent is not None and settings.control_plane_url:
-        packages.append(settings.agent_package)
+        install = settings.agent_package
+        if is_agent_wheel_path(install):
+            copied = f"{AGENT_WHEEL_DIR_ON_NODE}/{PurePosixPath(install).name}"
+            config["file_mounts"] = {copied: install}
+        else:
+            packages.append(install)
         config["envs"] = {
             "CIC_NODE_ID": agent.node_id,
             "CIC_CONTROL_PLANE_URL": settings.control_plane_url,
@@ -224,7 +267,7 @@ def task_config(
         }
         config["secrets"] = {"CIC_NODE_TOKEN": agent.token}
         run = "cic-node-agent &\n" + run
-    config["setup"] = "pip install " + shlex.join(packages)
+    config["setup"] = " ".join(["pip install", shlex.join(packages), copied]).rstrip()
     config["run"] = run
     return config
 

@@ -98,6 +98,15 @@ def prefix_key(value: str) -> str:
     return value
 
 
+def region(value: str) -> str:
+    """A preferred region: a node label value; empty means none."""
+    if len(value) > MAX_LABEL_CHARS:
+        raise InvalidArgument(f"region is longer than {MAX_LABEL_CHARS} characters")
+    if not value.isprintable():
+        raise InvalidArgument("region must be printable")
+    return value
+
+
 def exclude_node_ids(values: Iterable[str]) -> frozenset[str]:
     ids = list(values)
     if len(ids) > MAX_EXCLUDED_NODES:
@@ -185,6 +194,7 @@ def pick_request(request: pb.PickNodeRequest) -> PickRequest:
         model=model_name(request.model),
         exclude_node_ids=exclude_node_ids(request.exclude_node_ids),
         prefix_key=prefix_key(request.prefix_key),
+        region=region(request.region),
     )
 
 

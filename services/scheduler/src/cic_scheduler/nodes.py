@@ -86,6 +86,8 @@ class PickRequest:
     model: str
     exclude_node_ids: frozenset[str] = frozenset()
     prefix_key: str = ""
+    # Nodes labelled with this region are picked first (empty: no preference).
+    region: str = ""
 
 
 @dataclass(frozen=True)

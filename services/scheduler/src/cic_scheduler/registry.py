@@ -20,7 +20,7 @@ from cic_scheduler.nodes import (
     Release,
     SchedulerError,
 )
-from cic_scheduler.policy import Policy
+from cic_scheduler.policy import LoadScoring, Policy
 
 
 class NodeRegistry(ABC):
@@ -93,6 +93,11 @@ class NodeRegistry(ABC):
     @abstractmethod
     async def update_load(self, node_id: str, sample: LoadSample) -> None:
         """Stores the node's latest load sample (a gone node is ignored)."""
+
+    async def reindex(self, scoring: LoadScoring) -> int:
+        """Rebuilds whatever index picks read from the nodes themselves (at start-up, with the
+        load weights picks will use); returns the number of nodes. Nothing to do by default."""
+        return 0
 
 
 async def live_nodes(registry: NodeRegistry) -> list[NodeView]:

@@ -40,10 +40,21 @@ from cic_scheduler.nodes import (
     Release,
     SchedulerError,
 )
-from cic_scheduler.policy import Policy
+from cic_scheduler.policy import LoadScoring, Policy
 from cic_scheduler.registry import NodeRegistry
 
-_SCRIPTS = ("register", "touch", "deregister", "list", "load", "pick", "release", "expire", "probe")
+_SCRIPTS = (
+    "register",
+    "touch",
+    "deregister",
+    "list",
+    "load",
+    "pick",
+    "release",
+    "expire",
+    "probe",
+    "reindex",
+)
 _EXPIRE_BATCH = 500
 
 
@@ -153,8 +164,9 @@ class RedisNodeRegistry(NodeRegistry):
     async def register(self, spec: NodeSpec) -> NodeView:
         now = self._clock()
         labels = json.dumps(dict(spec.labels), sort_keys=True)
+        region = spec.labels.get("region", "")
         reply = await self._run(
-            "register", spec.id, spec.model, spec.endpoint, spec.state.value, labels, now
+            "register", spec.id, spec.model, spec.endpoint, spec.state.value, labels, now, region
         )
         return self._view(reply, now)
 
@@ -218,6 +230,8 @@ class RedisNodeRegistry(NodeRegistry):
             rule.scoring.max_sample_age_s,
             rule.max_extra_load,
             request.prefix_key,
+            request.model,
+            request.region,
             *sorted(request.exclude_node_ids),
         ]
         return lease_id, keys, args
@@ -282,6 +296,10 @@ class RedisNodeRegistry(NodeRegistry):
             marked_unhealthy=transition == "opened",
             breaker_closed=transition == "closed",
         )
+
+    async def reindex(self, scoring: LoadScoring) -> int:
+        """Rebuilds every model's pick index from the node hashes; returns the node count."""
+        return int(await self._run("reindex", scoring.waiting_weight, scoring.kv_cache_weight))
 
     async def expire_leases(self) -> list[ExpiredLease]:
         expired: list[ExpiredLease] = []

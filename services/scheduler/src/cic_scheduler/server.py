@@ -117,6 +117,7 @@ async def create_service(
         nodes, policies or routing_policies(settings), metrics, changes=changes
     )
     watch_hub = WatchHub(redis, signals_prefix, nodes)
+    await nodes.reindex(settings.load_scoring)
     metrics.refresh_nodes(await nodes.list_nodes())
     grpc_server = GrpcServer(GrpcMetrics(registry))
     grpc_server.add_service(

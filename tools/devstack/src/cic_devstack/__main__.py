@@ -78,7 +78,8 @@ async def demo_key(stack: Stack, token: str, data_dir: Path) -> str:
         tenant = await admin.find_tenant(DEMO_EMAIL) or await admin.create_tenant(
             "Demo", DEMO_EMAIL
         )
-        key = str((await admin.create_key(tenant["id"], "demo"))["key"])
+        # An admin-role key, so that the demo reaches every tenant route (usage, billing, keys).
+        key = str((await admin.create_key(tenant["id"], "demo", role="admin"))["key"])
     saved.write_text(key + "\n")
     saved.chmod(0o600)
     return key

@@ -34,8 +34,9 @@ class AdminClient:
                 return tenant
         return None
 
-    async def create_key(self, tenant_id: str, name: str) -> dict:
-        status, body = await self._call("POST", f"/admin/tenants/{tenant_id}/keys", {"name": name})
+    async def create_key(self, tenant_id: str, name: str, role: str = "developer") -> dict:
+        fields = {"name": name, "role": role}
+        status, body = await self._call("POST", f"/admin/tenants/{tenant_id}/keys", fields)
         if status != 201 or not isinstance(body, dict):
             raise RuntimeError(f"creating a key answered {status}: {body}")
         return body

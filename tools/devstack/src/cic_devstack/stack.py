@@ -13,6 +13,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cic.billing.v1 import billing_pb2, billing_pb2_grpc
 from cic.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from cic_devstack.processes import ServiceProcess
 
@@ -129,6 +130,7 @@ class Stack:
     async def start(self) -> None:
         try:
             await asyncio.gather(self.start_service("scheduler"), self.start_service("billing"))
+            await self.ensure_catalog_model(self.config.node_model)
             await self.start_service("orchestrator")
             await self.start_service("gateway")
             await self.launch_nodes(self.config.node_count)
@@ -144,6 +146,31 @@ class Stack:
             if proc is not None:
                 codes[name] = await proc.stop()
         return codes
+
+    async def ensure_catalog_model(self, model: str) -> None:
+        """Puts the nodes' model in billing's catalog (a chat model, at the default ``*``
+        price) unless it is there already: the gateway serves only catalog models."""
+        async with grpc.aio.insecure_channel(self.addr("billing")) as channel:
+            stub = billing_pb2_grpc.BillingServiceStub(channel)
+            listed = await stub.ListModels(billing_pb2.ListModelsRequest(), timeout=10)
+            if any(m.name == model for m in listed.models):
+                return
+            prices = await stub.ListPrices(billing_pb2.ListPricesRequest(), timeout=10)
+            default = next((p for p in prices.prices if p.model == "*"), None)
+            new = billing_pb2.CatalogModel(
+                name=model,
+                type=billing_pb2.MODEL_TYPE_CHAT,
+                context_length=4096,  # the simulator's max_model_len
+                prompt_micro_usd_per_mtok=default.prompt_micro_usd_per_mtok if default else 0,
+                completion_micro_usd_per_mtok=(
+                    default.completion_micro_usd_per_mtok if default else 0
+                ),
+            )
+            try:
+                await stub.CreateModel(billing_pb2.CreateModelRequest(model=new), timeout=10)
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.ALREADY_EXISTS:  # another stack was quicker
+                    raise
 
     async def launch_nodes(self, count: int) -> list[str]:
         """Launches ``count`` simulated nodes through the orchestrator; waits till they are up."""

@@ -154,9 +154,10 @@ async def usage_page(request: web.Request, session: Session) -> web.Response:
     timeout_s = request.app[SETTINGS].grpc_timeout_s
     billing = request.app[SERVICES].billing
     tenant = await _tenant(request, session)
-    usage, account = await asyncio.gather(
+    usage, account, month = await asyncio.gather(
         _or_none("usage", usage_view.fetch(billing, session.tenant_id, days, timeout_s)),
         _or_none("billing account", billing_view.fetch(billing, session.tenant_id, timeout_s)),
+        _or_none("spend", billing_view.fetch_money(billing, session.tenant_id, timeout_s)),
     )
     context = {
         "active": "usage",
@@ -173,6 +174,7 @@ async def usage_page(request: web.Request, session: Session) -> web.Response:
         if usage
         else [],
         "account": account,
+        "month": month,
     }
     return await render(request, "usage.html", context, 200 if usage else 503)
 

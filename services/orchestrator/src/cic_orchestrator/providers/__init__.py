@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from cic_common.settings import SettingsError
 from cic_orchestrator.config import Settings
 from cic_orchestrator.nodes import NoProviderForCloud
 from cic_orchestrator.providers.base import NodeProvider
 from cic_orchestrator.providers.external import ExternalProvider
 from cic_orchestrator.providers.local import LocalProvider
+from cic_orchestrator.task import check_agent_wheel_exists
 
 
 class Providers:
@@ -39,12 +41,18 @@ def build_providers(settings: Settings) -> Providers:
             settings.local_sim_argv,
             settings.local_sim_host,
             spot_available=settings.local_spot_available,
+            region=settings.local_sim_region,
         ),
         ExternalProvider(),
     ]
     if "skypilot" in settings.enabled_providers:
         from cic_orchestrator.providers.skypilot import SkyPilotProvider
         from cic_orchestrator.providers.skypilot_sdk import SkyClient, point_sdk_at
+
+        try:
+            check_agent_wheel_exists(settings.task_settings)
+        except ValueError as err:
+            raise SettingsError(f"NODE_AGENT_PACKAGE: {err}") from None
 
         point_sdk_at(settings.skypilot_api_server_endpoint)
         client = SkyClient(settings.skypilot_call_timeout_s, settings.skypilot_poll_interval_s)

@@ -61,9 +61,10 @@ class NodeProvider(abc.ABC):
         """Starts the node and returns at once (before it is healthy); raises LaunchError. The
         endpoint may be empty when it is known only once the machine is up: see provisioned."""
 
-    async def provisioned(self, node_id: str, handle: Mapping[str, Any]) -> str:
-        """Waits until the node's machine is up and returns its endpoint (only called for a
-        node launched without one); raises LaunchError."""
+    async def provisioned(self, node_id: str, handle: Mapping[str, Any]) -> LaunchedNode:
+        """Waits until the node's machine is up and returns its endpoint and handle (which may
+        now carry the node's ``labels``: where it runs); only called for a node launched
+        without an endpoint; raises LaunchError."""
         raise LaunchError(f"{self.name} nodes have their endpoint from the start")
 
     @abc.abstractmethod

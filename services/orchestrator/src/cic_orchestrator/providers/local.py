@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import psutil
 
+from cic_orchestrator import labels
 from cic_orchestrator.nodes import NodeSpec
 from cic_orchestrator.providers.base import (
     ALIVE,
@@ -61,8 +62,10 @@ class LocalProvider(NodeProvider):
         host: str,
         stop_timeout_s: float = 5.0,
         spot_available: bool = True,
+        region: str = "",
     ) -> None:
         self._command = list(command)
+        self._region = region  # the nodes' `region` label (LOCAL_SIM_REGION)
         self._spot_available = spot_available
         self._host = host
         self._stop_timeout_s = stop_timeout_s
@@ -83,7 +86,13 @@ class LocalProvider(NodeProvider):
         process = self._spawn(spec.node_id, argv, _node_env(spec))
         log.info("node %s: started %s (pid %d)", spec.node_id, argv[0], process.pid)
         host = f"[{self._host}]" if ":" in self._host else self._host
-        handle = {"pid": process.pid, "port": port, "started_at": _started_at(process.pid)}
+        handle: dict[str, Any] = {
+            "pid": process.pid,
+            "port": port,
+            "started_at": _started_at(process.pid),
+        }
+        if self._region:
+            handle[labels.HANDLE_KEY] = {"region": self._region}
         return LaunchedNode(endpoint=f"http://{host}:{port}", handle=handle)
 
     async def status(self, node_id: str, handle: Mapping[str, Any]) -> NodeStatus:

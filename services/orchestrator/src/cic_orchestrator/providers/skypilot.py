@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from cic_orchestrator import labels
 from cic_orchestrator.nodes import InvalidNodeRequest, NodeSpec
 from cic_orchestrator.providers.base import (
     ALIVE,
@@ -28,6 +30,7 @@ from cic_orchestrator.providers.skypilot_sdk import (
     SkyClient,
     SkyConfigError,
     SkyError,
+    follow_job_output,
     parse_task,
 )
 from cic_orchestrator.task import (
@@ -68,6 +71,8 @@ class SkyPilotProvider(NodeProvider):
         self._listing: tuple[float, dict[str, Cluster]] | None = None
         self._listing_lock = asyncio.Lock()
         self._warm_up: asyncio.Task[None] | None = None
+        # The threads that follow each node's runtime output (see _follow), by node id.
+        self._followers: dict[str, tuple[threading.Thread, threading.Event]] = {}
 
     def serves_cloud(self, cloud: str) -> bool:
         return cloud != "local"
@@ -107,7 +112,7 @@ class SkyPilotProvider(NodeProvider):
         )
         return LaunchedNode(endpoint="", handle={"cluster": cluster, "launch_request": request_id})
 
-    async def provisioned(self, node_id: str, handle: Mapping[str, Any]) -> str:
+    async def provisioned(self, node_id: str, handle: Mapping[str, Any]) -> LaunchedNode:
         cluster = self._cluster(node_id, handle)
         request_id = handle.get("launch_request")
         try:
@@ -115,12 +120,27 @@ class SkyPilotProvider(NodeProvider):
                 await self._client.wait(request_id)
             elif (await self._clusters()).get(cluster) is None:
                 raise LaunchError(f"cluster {cluster} does not exist")
-            endpoint = await self._client.endpoint(cluster, self._task_settings.vllm_port)
-            return check_endpoint(endpoint)
+            endpoint = check_endpoint(
+                await self._client.endpoint(cluster, self._task_settings.vllm_port)
+            )
+            self._follow(node_id, cluster)
         except SkyError as err:
             raise LaunchError(f"sky launch failed: {err}") from None
         except InvalidNodeRequest:
             raise LaunchError(f"cluster {cluster} reported a bad endpoint") from None
+        placed = await self._placed(node_id, cluster)
+        return LaunchedNode(endpoint, {**handle, labels.HANDLE_KEY: placed} if placed else handle)
+
+    async def _placed(self, node_id: str, cluster: str) -> dict[str, str]:
+        """Where SkyPilot placed the cluster (cloud, region, accelerator), from its record now
+        it is up; nothing when SkyPilot cannot say (the launch's own infra labels it then)."""
+        self._listing = None
+        try:
+            found = (await self._clusters()).get(cluster)
+        except SkyError as err:
+            log.warning("node %s: cannot ask SkyPilot where %s runs: %s", node_id, cluster, err)
+            return {}
+        return dict(found.labels) if found is not None else {}
 
     async def status(self, node_id: str, handle: Mapping[str, Any]) -> NodeStatus:
         cluster = self._cluster(node_id, handle)
@@ -138,6 +158,7 @@ class SkyPilotProvider(NodeProvider):
 
     async def terminate(self, node_id: str, handle: Mapping[str, Any]) -> None:
         cluster = self._cluster(node_id, handle)
+        self._stop_following(node_id)
         request_id = handle.get("launch_request")
         if isinstance(request_id, str) and request_id:
             try:
@@ -157,7 +178,10 @@ class SkyPilotProvider(NodeProvider):
         cluster = self._cluster(node_id, handle)
         request_id = handle.get("launch_request")
         try:
-            if cluster in await self._clusters():
+            found = (await self._clusters()).get(cluster)
+            if found is not None:
+                if found.status == "UP":
+                    self._follow(node_id, cluster)
                 return True
             if isinstance(request_id, str) and request_id:
                 status = await self._client.request_status(request_id)
@@ -187,10 +211,40 @@ class SkyPilotProvider(NodeProvider):
         return stray
 
     async def shutdown(self) -> list[str]:
+        for node_id in list(self._followers):
+            self._stop_following(node_id)
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
         await self._client.close()
         return []
+
+    def _follow(self, node_id: str, cluster: str) -> None:
+        """Copies the cluster's job output (vLLM's log) into this log as ``node <id>: ...``
+        lines, from a daemon thread (SkyPilot's log stream is a blocking read), until the node
+        is terminated or the stream ends."""
+        if node_id in self._followers:
+            return
+        stop = threading.Event()
+
+        def on_line(text: str) -> None:
+            log.info("node %s: %s", node_id, text)
+
+        def follow() -> None:
+            try:
+                follow_job_output(cluster, on_line, stop)
+            finally:
+                current = self._followers.get(node_id)
+                if current is not None and current[1] is stop:
+                    self._followers.pop(node_id, None)
+
+        thread = threading.Thread(target=follow, name=f"sky logs {cluster}", daemon=True)
+        self._followers[node_id] = (thread, stop)
+        thread.start()
+
+    def _stop_following(self, node_id: str) -> None:
+        follower = self._followers.pop(node_id, None)
+        if follower is not None:
+            follower[1].set()
 
     def _cluster(self, node_id: str, handle: Mapping[str, Any]) -> str:
         cluster = handle.get("cluster")

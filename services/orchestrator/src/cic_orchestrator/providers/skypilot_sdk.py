@@ -16,12 +16,16 @@ import functools
 import io
 import logging
 import os
+import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from cic_orchestrator import labels
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ T = TypeVar("T")
 
 # Request states of SkyPilot's API server that are final.
 _FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+# The first accelerator name in a status record's ``{'H100': 1}``.
+_ACCELERATOR = re.compile(r"['\"]([A-Za-z0-9][A-Za-z0-9_-]*)['\"]")
 
 
 class SkyConfigError(ValueError):
@@ -67,6 +73,9 @@ def point_sdk_at(endpoint: str) -> None:
 def sky_module() -> Any:
     import sky
 
+    # SkyPilot's SDK logs its progress for a terminal (e.g. "Uploading files to API server" for
+    # a task's file_mounts) to stdout, which carries this service's JSON log: warnings only.
+    logging.getLogger("sky").setLevel(logging.WARNING)
     return sky
 
 
@@ -83,6 +92,8 @@ def parse_task(config: Mapping[str, Any]) -> Any:
 class Cluster:
     name: str
     status: str  # INIT, UP, STOPPED
+    # What SkyPilot launched it on: cloud, region, accelerator (those it knows).
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class SkyClient:
@@ -144,7 +155,7 @@ class SkyClient:
         """Every cluster SkyPilot has for this user, by name."""
         sky = await self._call(sky_module)
         records = await self.wait(await self._call(sky.status, None))
-        return {r["name"]: Cluster(r["name"], r["status"].value) for r in records}
+        return {r["name"]: _cluster(r) for r in records}
 
     async def endpoint(self, cluster_name: str, port: int) -> str:
         """``http://host:port`` of the cluster's exposed port."""
@@ -183,6 +194,43 @@ class SkyClient:
             if function is sky_module:
                 raise
             raise _translate(err) from None
+
+
+def follow_job_output(
+    cluster_name: str, on_line: Callable[[str], None], stop: threading.Event
+) -> None:
+    """Blocks while it follows the output of the cluster's latest job (the task's setup and run
+    command: vLLM's own log) with SkyPilot's ``tail_logs``, handing each line to ``on_line``.
+    Returns when the stream ends (the job ended, the cluster went) or at the first line or
+    keep-alive after ``stop`` is set (SkyPilot's API server sends one every 30 s on a quiet
+    stream). Errors are logged, not raised: a log is no reason to fail a node."""
+    try:
+        sky = sky_module()
+        lines = sky.tail_logs(cluster_name, None, follow=True, preload_content=False)
+        try:
+            for line in lines:
+                if stop.is_set():
+                    return
+                if line is not None:  # None: a keep-alive or a status update
+                    on_line(line.rstrip("\r\n"))
+        finally:
+            lines.close()
+    except Exception as err:
+        if not stop.is_set():
+            log.warning(
+                "cluster %s: cannot follow its output: %s", cluster_name, _one_line(str(err))
+            )
+
+
+def _cluster(record: Any) -> Cluster:
+    """A ``sky.status`` record: its cloud is e.g. ``AWS``, its accelerators ``{'H100': 1}``."""
+    accelerators = _ACCELERATOR.search(str(record.get("accelerators") or ""))
+    found = {
+        "cloud": str(record.get("cloud") or "").lower(),
+        "region": str(record.get("region") or ""),
+        "accelerator": accelerators.group(1) if accelerators else "",
+    }
+    return Cluster(record["name"], record["status"].value, labels.learnt(found))
 
 
 def _translate(err: Exception) -> SkyError:

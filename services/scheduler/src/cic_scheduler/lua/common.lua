@@ -6,6 +6,14 @@
 --   P..'lease_expiry'     ZSET lease id -> expiry time (epoch seconds)
 --   P..'lease_node'       HASH lease id -> node id
 --   P..'turn:'..model     counter that rotates ties and round-robin
+--   P..'ready:'..model    ZSET of the model's nodes a pick may choose without a trial (ready,
+--                         breaker closed), scored by leases in flight + weighted load (index)
+--   P..'ready_region:'..#region..':'..region..':'..model   the same for one region's nodes
+--   P..'open:'..model     SET of the model's ready nodes whose breaker is not closed
+--   P..'sampled:'..model  ZSET of the model's nodes whose load sample counts -> its time
+--   P..'weights'          HASH waiting, kv: the load weights the scores were built with
+-- The index keys are kept by `sync` below on every change of a node's state, breaker, leases
+-- or load, so that a pick reads a few entries instead of every node of the model.
 local function node_key(p, id) return p .. 'node:' .. id end
 local function leases_key(p, id) return p .. 'leases:' .. id end
 
@@ -36,4 +44,55 @@ local function drop_lease(p, lease)
   if not id then return false end
   if redis.call('SREM', leases_key(p, id), lease) == 0 then return false end
   return id
+end
+
+local function ready_key(p, model) return p .. 'ready:' .. model end
+local function region_key(p, model, region)
+  return p .. 'ready_region:' .. #region .. ':' .. region .. ':' .. model
+end
+local function open_key(p, model) return p .. 'open:' .. model end
+local function sampled_key(p, model) return p .. 'sampled:' .. model end
+
+local function unindex(p, id, model, region)
+  redis.call('ZREM', ready_key(p, model), id)
+  redis.call('SREM', open_key(p, model), id)
+  if region and region ~= '' then redis.call('ZREM', region_key(p, model, region), id) end
+end
+
+-- A node's score: leases in flight, plus its weighted load unless that sample went stale.
+local function score_of(p, id, waiting, kv, stale)
+  local score = redis.call('SCARD', leases_key(p, id))
+  if stale ~= '1' then
+    local w = redis.call('HMGET', p .. 'weights', 'waiting', 'kv')
+    score = score + (tonumber(w[1]) or 0) * (tonumber(waiting) or 0)
+      + (tonumber(w[2]) or 0) * (tonumber(kv) or 0)
+  end
+  return score
+end
+
+-- Puts the node where picks look for it, after any change to it.
+local function sync(p, id)
+  local f = redis.call('HMGET', node_key(p, id), 'model', 'state', 'breaker', 'region',
+    'load_waiting', 'load_kv', 'load_stale')
+  local model, region = f[1], f[4]
+  if not model then return end
+  if f[2] ~= 'ready' then
+    unindex(p, id, model, region)
+  elseif f[3] ~= 'closed' then
+    unindex(p, id, model, region)
+    redis.call('SADD', open_key(p, model), id)
+  else
+    local score = score_of(p, id, f[5], f[6], f[7])
+    redis.call('ZADD', ready_key(p, model), score, id)
+    redis.call('SREM', open_key(p, model), id)
+    if region and region ~= '' then redis.call('ZADD', region_key(p, model, region), score, id) end
+  end
+end
+
+-- The load weights picks ask for; a change re-scores every node (rare: a settings change).
+local function use_weights(p, waiting, kv)
+  local w = redis.call('HMGET', p .. 'weights', 'waiting', 'kv')
+  if tonumber(w[1]) == waiting and tonumber(w[2]) == kv then return end
+  redis.call('HSET', p .. 'weights', 'waiting', waiting, 'kv', kv)
+  for _, id in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do sync(p, id) end
 end

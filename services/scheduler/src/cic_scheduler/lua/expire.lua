@@ -9,6 +9,7 @@ for _, lease in ipairs(due) do
   if id then
     local key = node_key(p, id)
     if redis.call('HGET', key, 'trial') == lease then open_breaker(key, now) end
+    sync(p, id)
     out[#out + 1] = lease
     out[#out + 1] = id
   end

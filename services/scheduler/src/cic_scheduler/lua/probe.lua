@@ -24,4 +24,5 @@ elseif f[2] == 'closed' then
     transition = 'opened'
   end
 end
+sync(p, id)
 return {transition, node_reply(p, id)}

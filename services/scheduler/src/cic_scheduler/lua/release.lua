@@ -31,4 +31,5 @@ elseif outcome == 'node_error' and f[1] == 'closed' then
     transition = 'opened'
   end
 end
+sync(p, id)
 return {1, transition, node_reply(p, id)}

@@ -9,5 +9,6 @@ if action == 'heartbeat' then
 else
   if state == 'terminated' or state == 'failed' then return {'terminal', state} end
   redis.call('HSET', key, 'state', 'draining')
+  sync(p, id)
 end
 return {'ok', node_reply(p, id)}
