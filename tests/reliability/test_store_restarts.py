@@ -57,6 +57,13 @@ async def _admin(stack: Stack) -> tuple[aiohttp.ClientSession, AdminClient]:
     return session, AdminClient(session, stack.gateway_url, stack.config.admin_token)
 
 
+async def _ready_nodes(admin: AdminClient, expected: set[str]) -> set[str]:
+    nodes = await admin.list_nodes()
+    ready = {n["id"] for n in nodes if n["state"] == "ready"}
+    assert ready == expected and len(nodes) == len(expected), nodes
+    return ready
+
+
 async def test_redis_restarted_under_the_platform(
     database_url: str, own_redis: RestartableRedis
 ) -> None:
@@ -109,7 +116,11 @@ async def test_postgres_restarted_under_the_platform(
             )
             try:
                 await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+                nodes_before = {n["id"] for n in await admin.list_nodes()}
                 own_postgres.stop()
+                # Past two of the orchestrator's leader polls (2 s): it has lost its lock
+                # connection, and its nodes must go on serving all the same.
+                await asyncio.sleep(5)
                 # A known key is served from the gateway's cache: requests go on meanwhile.
                 for _ in range(5):
                     await client.chat.completions.create(
@@ -132,6 +143,11 @@ async def test_postgres_restarted_under_the_platform(
                         20,
                         "a chat with the new key",
                     )
+                # The orchestrator led on with the same node: nothing was ended or replaced.
+                ready = await _eventually(
+                    lambda: _ready_nodes(admin, nodes_before), 20, "the node ready again"
+                )
+                assert ready == nodes_before
             finally:
                 await client.close()
 

@@ -156,3 +156,48 @@ async def test_postgres_going_away_and_coming_back(
     rows = await _audit(database_url)
     assert [(r["path"], r["status"]) for r in rows][-1] == ("/admin/tenants", 200)
     assert all(ADMIN_TOKEN not in r["whole"] for r in rows)
+
+
+async def _models(gateway: Gateway, key: str) -> tuple[int, dict, str]:
+    return await _call(gateway, "GET", "/v1/models", Authorization=f"Bearer {key}")
+
+
+async def test_keys_seen_before_postgres_went_away_are_served_as_they_last_were(
+    start_gateway: StartGateway, postgres_relay: TcpRelay
+) -> None:
+    gateway = await start_gateway(DATABASE_URL=postgres_relay.url, KEY_CACHE_TTL_S="0.2")
+    _, _, seen = await gateway.new_key()
+    _, revoked_id, revoked = await gateway.new_key()
+    _, _, never_seen = await gateway.new_key()
+    for key in (seen, revoked):
+        assert (await _models(gateway, key))[0] == 200
+    status, _ = await gateway.admin("DELETE", f"/admin/keys/{revoked_id}")
+    assert status == 204
+    await postgres_relay.cut()
+    await asyncio.sleep(0.5)  # past the cache's time-to-live: every lookup goes to Postgres
+
+    status, answer, _ = await _models(gateway, seen)
+    assert status == 200, answer
+    # A revoked key is forgotten everywhere, never served from the last known answers.
+    _assert_unavailable(*await _models(gateway, revoked))
+    _assert_unavailable(*await _models(gateway, never_seen))
+    stale = gateway.registry.get_sample_value(
+        "cic_gateway_key_cache_lookups_total", {"result": "stale"}
+    )
+    assert stale is not None and stale >= 1
+
+    await postgres_relay.restore()
+    assert (await _models(gateway, never_seen))[0] == 200
+
+
+async def test_serving_last_known_keys_can_be_turned_off(
+    start_gateway: StartGateway, postgres_relay: TcpRelay
+) -> None:
+    gateway = await start_gateway(
+        DATABASE_URL=postgres_relay.url, KEY_CACHE_TTL_S="0.2", KEY_CACHE_STALE_S="0"
+    )
+    _, _, key = await gateway.new_key()
+    assert (await _models(gateway, key))[0] == 200
+    await postgres_relay.cut()
+    await asyncio.sleep(0.5)
+    _assert_unavailable(*await _models(gateway, key))

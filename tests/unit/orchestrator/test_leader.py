@@ -4,6 +4,7 @@ answer UNAVAILABLE and report their service NOT_SERVING until the leader dies.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -136,6 +137,47 @@ async def test_a_leader_that_loses_its_lock_connection_steps_down(
         ),
         "the new leader counts it",
     )
+
+
+async def _end_lock_connections(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND granted AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_lone_leader_that_loses_its_lock_connection_leads_on_with_its_nodes(
+    start_orchestrator, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Postgres went away and came back (here: only the lock's connection was ended): with no
+    other replica to take over, the leader takes the lock again and its simulators, which it
+    left running meanwhile, go on serving; nothing is ended or replaced."""
+    caplog.set_level(logging.INFO, logger="cic_orchestrator")
+    leader: Orchestrator = await start_orchestrator(LEADER_POLL_INTERVAL_S="0.1")
+    simulated = (await leader.stub.LaunchNode(local_launch())).node
+    await leader.wait_state(simulated.id, pb.NODE_STATE_READY)
+    handle = await provider_handle(database_url, simulated.id)
+
+    assert await _end_lock_connections(database_url) == 1
+
+    await eventually(
+        now(lambda: "took the lock again" in caplog.text), "the leader takes the lock again"
+    )
+    await eventually(now(lambda: leader.service.active), "the leader leads again")
+    assert await _health(leader.channel) == SERVING
+    assert "lost the lock connection" in caplog.text
+    assert process_runs(handle)  # the same simulator process, never stopped
+    await leader.wait_state(simulated.id, pb.NODE_STATE_READY)
+    nodes = (await leader.stub.ListNodes(pb.ListNodesRequest(), timeout=5)).nodes
+    assert [(n.id, n.state) for n in nodes] == [(simulated.id, pb.NODE_STATE_READY)]
+    assert leader.metric("cic_orchestrator_leader") == 1
 
 
 async def test_the_new_leader_replaces_the_simulators_the_old_one_ended(

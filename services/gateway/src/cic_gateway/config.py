@@ -31,6 +31,9 @@ class GatewaySettings(DashboardSettings, ServiceSettings):
     upstream_read_timeout_s: float = Field(default=600.0, gt=0, le=86400)
     # A revoked key or suspended tenant stops working on every replica within this time.
     key_cache_ttl_s: float = Field(default=5.0, gt=0, le=5)
+    # While Postgres does not answer, a key this replica saw within this time is served as it
+    # last was (0: refuse with 503 instead). No revocation can be written meanwhile.
+    key_cache_stale_s: float = Field(default=900.0, ge=0, le=86400)
     # Usage events are sent to billing in batches at least this often.
     usage_flush_interval_s: float = Field(default=0.25, gt=0, le=60)
     # Usage events per RecordUsage call to billing.

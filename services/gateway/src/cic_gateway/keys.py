@@ -65,14 +65,26 @@ def bearer_token(request: web.Request) -> str | None:
     return value.strip()
 
 
+_STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
 class KeyStore:
     """Finds the key a request carries; unknown keys are cached too (as ``None``)."""
 
-    def __init__(self, pool: asyncpg.Pool, ttl_s: float, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, ttl_s: float, metrics: GatewayMetrics, stale_s: float = 0.0
+    ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._cache: TTLCache[bytes, KeyAuth | None] = TTLCache(
             maxsize=_CACHE_ENTRIES, ttl=ttl_s, timer=time.monotonic
+        )
+        # The last answer Postgres gave for each key, kept longer: served only while Postgres
+        # does not answer (it is forgotten on revocation like the fresh cache).
+        self._last_known: TTLCache[bytes, KeyAuth | None] | None = (
+            TTLCache(maxsize=_CACHE_ENTRIES, ttl=stale_s, timer=time.monotonic)
+            if stale_s > 0
+            else None
         )
         self._loading: dict[bytes, asyncio.Task[KeyAuth | None]] = {}
 
@@ -82,7 +94,13 @@ class KeyStore:
             found = self._cache[digest]
         except KeyError:
             self._metrics.key_cache.labels("miss").inc()
-            return await self._load(digest)
+            try:
+                return await self._load(digest)
+            except _STORE_ERRORS:
+                if self._last_known is None or digest not in self._last_known:
+                    raise
+                self._metrics.key_cache.labels("stale").inc()
+                return self._last_known[digest]
         self._metrics.key_cache.labels("hit").inc()
         return found
 
@@ -99,6 +117,8 @@ class KeyStore:
     async def _fetch(self, digest: bytes) -> KeyAuth | None:
         found = await store.find_key(self._pool, digest)
         self._cache[digest] = found
+        if self._last_known is not None:
+            self._last_known[digest] = found
         return found
 
     def _loaded(self, digest: bytes, task: asyncio.Task[KeyAuth | None]) -> None:
@@ -121,11 +141,16 @@ class KeyStore:
     def forget_all(self) -> None:
         """Drops every cached key (after this replica may have missed a revocation message)."""
         self._cache.clear()
+        if self._last_known is not None:
+            self._last_known.clear()
 
     def _forget(self, matches: Callable[[KeyAuth], bool]) -> None:
-        stale = [d for d, auth in list(self._cache.items()) if auth is not None and matches(auth)]
-        for digest in stale:
-            self._cache.pop(digest, None)
+        for cache in (self._cache, self._last_known):
+            if cache is None:
+                continue
+            gone = [d for d, auth in list(cache.items()) if auth is not None and matches(auth)]
+            for digest in gone:
+                cache.pop(digest, None)
 
     async def authenticate(self, request: web.Request) -> KeyAuth:
         """The request's key, or the 401/403 error OpenAI's clients expect."""
@@ -139,7 +164,7 @@ class KeyStore:
             raise invalid_api_key()
         try:
             auth = await self.lookup(token)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+        except _STORE_ERRORS as err:
             log.warning("API key lookup failed: %s", type(err).__name__)
             raise ApiError(
                 503,

@@ -60,7 +60,7 @@ class GatewayMetrics:
         )
         self.key_cache = Counter(
             "cic_gateway_key_cache_lookups_total",
-            "API key lookups, by result (hit or miss)",
+            "API key lookups, by result (hit, miss; stale: the last known answer, Postgres away)",
             ["result"],
             registry=registry,
         )

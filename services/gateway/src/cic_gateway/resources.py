@@ -80,7 +80,9 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await open_pool(settings.database_url, "gateway", "cic_gateway.migrations")
     app[DB] = pool
-    app[KEYS] = KeyStore(pool, settings.key_cache_ttl_s, app[METRICS])
+    app[KEYS] = KeyStore(
+        pool, settings.key_cache_ttl_s, app[METRICS], stale_s=settings.key_cache_stale_s
+    )
     yield
     await close_pool(pool)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import logging
 
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 
 # The advisory lock's key: the same for every replica of the orchestrator on one database.
 LOCK_NAME = "cic-orchestrator-leader"
+
+
+class Attempt(enum.Enum):
+    TAKEN = "taken"
+    HELD = "held"  # by another replica
+    UNREACHABLE = "unreachable"  # Postgres did not answer
 
 
 def lock_key(name: str = LOCK_NAME) -> int:
@@ -53,6 +60,10 @@ class LeaderElection:
             await asyncio.sleep(self._poll_interval_s)
 
     async def try_acquire(self) -> bool:
+        return await self.attempt() is Attempt.TAKEN
+
+    async def attempt(self) -> Attempt:
+        """One try at the lock: taken, held by another replica, or Postgres out of reach."""
         connection = None
         try:
             connection = await asyncpg.connect(
@@ -61,15 +72,30 @@ class LeaderElection:
             taken = await connection.fetchval(
                 "SELECT pg_try_advisory_lock($1)", self._key, timeout=self._poll_interval_s + 5
             )
-        except (OSError, asyncpg.PostgresError, TimeoutError) as err:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
             log.warning("leader: cannot reach Postgres to take the lock: %s", err)
-            taken = False
+            if connection is not None:
+                await _close(connection)
+            return Attempt.UNREACHABLE
         if taken:
             self._connection = connection
-            return True
-        if connection is not None:
-            await _close(connection)
-        return False
+            return Attempt.TAKEN
+        await _close(connection)
+        return Attempt.HELD
+
+    async def regain(self) -> bool:
+        """After the lock connection failed: True once this replica holds the lock again,
+        False as soon as another replica holds it. While Postgres cannot be reached it keeps
+        trying, for as long as that lasts: no replica can take the lock meanwhile, and a
+        leader that cannot reach its database should leave its nodes serving, not end them."""
+        while True:
+            outcome = await self.attempt()
+            if outcome is Attempt.TAKEN:
+                log.info("leader: took the lock again after losing its connection")
+                return True
+            if outcome is Attempt.HELD:
+                return False
+            await asyncio.sleep(self._poll_interval_s)
 
     async def confirm(self) -> bool:
         """Whether this replica holds the lock now: its lock connection answers. Called every

@@ -332,18 +332,26 @@ class NodeLifecycle:
         }
         await self._events.publish(kind, None, data)
 
+    async def pause(self) -> None:
+        """Cancels the background tasks and leaves every node as it is (leadership paused);
+        the next ``reconcile()`` takes the nodes up again."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def shutdown(self, leadership_lost: bool = False) -> None:
         """Cancels the background tasks, ends the nodes that must not outlive this process and
         marks them terminated (nodes it merely adopted keep running). When leadership was lost
         (the process goes on as a standby) they are marked failed as lost instead, so that the
         next leader replaces them."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pause()
         for provider in self._providers:
             ended = await provider.shutdown()
             await asyncio.gather(*(self._mark_ended(node_id, leadership_lost) for node_id in ended))
-        await self.refresh_gauges()
+        try:
+            await self.refresh_gauges()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("cannot count the nodes while stopping: %s", err)
 
     async def refresh_gauges(self) -> None:
         self._metrics.set_node_counts(await self._store.count_by_state())

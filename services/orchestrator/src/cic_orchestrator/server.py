@@ -143,9 +143,16 @@ class OrchestratorService:
             try:
                 if not self.election.leading:
                     await self.election.acquire()
+                if not self._active:
                     await self._lead()
                     await self._set_serving(True)
                 await self.election.lost()
+                # Paused, not ended: when only Postgres went away (a restart, a fail-over) the
+                # nodes keep serving tenants and this replica leads on once it has the lock
+                # again. Only when another replica has taken it are this one's nodes ended.
+                await self._pause()
+                if await self.election.regain():
+                    continue
             except Exception:
                 # Never hold the lock without leading: give it to another replica.
                 log.exception("leader: taking over failed; giving the lock up")
@@ -161,8 +168,8 @@ class OrchestratorService:
         self._active = True
         self.metrics.leader.set(1)
 
-    async def _step_down(self) -> None:
-        """Leadership lost: stop answering and every loop; end the nodes this process runs."""
+    async def _pause(self) -> None:
+        """Stops answering and every loop and node task; the nodes themselves run on."""
         self._active = False
         self.metrics.leader.set(0)
         await self._set_serving(False)
@@ -170,6 +177,13 @@ class OrchestratorService:
             await self.autoscaler.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
+        if self.lifecycle is not None:
+            await self.lifecycle.pause()
+
+    async def _step_down(self) -> None:
+        """Leadership lost to another replica: paused, and the nodes this process runs ended
+        (marked failed as lost, so that the new leader replaces them)."""
+        await self._pause()
         try:
             if self.lifecycle is not None:
                 await self.lifecycle.shutdown(leadership_lost=True)

@@ -41,6 +41,12 @@ class AdminClient:
             raise RuntimeError(f"creating a key answered {status}: {body}")
         return body
 
+    async def list_nodes(self) -> list[dict]:
+        status, body = await self._call("GET", "/admin/nodes")
+        if status != 200 or not isinstance(body, dict):
+            raise RuntimeError(f"listing nodes answered {status}: {body}")
+        return list(body.get("data", []))
+
     async def usage(self, tenant_id: str) -> dict:
         status, body = await self._call("GET", f"/admin/tenants/{tenant_id}/usage")
         if status != 200 or not isinstance(body, dict):

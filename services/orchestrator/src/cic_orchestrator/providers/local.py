@@ -116,8 +116,12 @@ class LocalProvider(NodeProvider):
         log.info("node %s: process ended (%s)", node_id, _exit_reason(sim.process.returncode))
 
     async def reclaim(self, node_id: str, handle: Mapping[str, Any]) -> bool:
-        # A previous run's simulator is no child of this one: it cannot be supervised, so it
+        # This process's own simulator (its lead was paused while Postgres was away) is taken
+        # up again. A previous run's is no child of this one: it cannot be supervised, so it
         # is ended if it still runs, and the node is lost.
+        sim = self._processes.get(node_id)
+        if sim is not None and sim.process.poll() is None:
+            return True
         await self._end_leftover(node_id, handle)
         return False
 
