@@ -116,7 +116,8 @@ class FakeSkyPilot:
         app.router.add_post("/logs", self._logs)
         app.router.add_get("/upload_v2/blob", self._blob_exists)
         app.router.add_post("/upload_v2", self._upload)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A handler still streaming when the fake stops is cut after a second, not aiohttp's 60.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -127,6 +128,11 @@ class FakeSkyPilot:
         for task in self._work:
             task.cancel()
         await asyncio.gather(*self._work, return_exceptions=True)
+        # Nothing is left under way: a client still waiting on /api/get for a request whose
+        # work was just cancelled is answered, so the server's shutdown does not wait for it.
+        for fake in self.requests.values():
+            if fake.status in ("PENDING", "RUNNING"):
+                fake.status = "CANCELLED"
         for cluster in list(self.clusters.values()):
             _end(cluster)
         if self._runner is not None:

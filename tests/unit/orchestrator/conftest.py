@@ -4,6 +4,7 @@ orchestrators built through the factory on port 0 against the test's own Postgre
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import time
@@ -109,7 +110,7 @@ async def scheduler() -> AsyncIterator[FakeScheduler]:
     fake = FakeScheduler()
     await fake.start()
     yield fake
-    await fake.stop()
+    await _stop_or_explain(fake.stop(), "stopping the SkyPilot stand-in")
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ async def skypilot() -> AsyncIterator[FakeSkyPilot]:
     fake = FakeSkyPilot()
     await fake.start()
     yield fake
-    await fake.stop()
+    await _stop_or_explain(fake.stop(), "stopping the SkyPilot stand-in")
 
 
 def skypilot_env(fake: FakeSkyPilot, **env: str) -> dict[str, str]:
@@ -169,7 +170,21 @@ async def start_orchestrator(
     yield start
     for orchestrator, channel in running:
         await channel.close()
-        await orchestrator.service.stop()
+        await _stop_or_explain(orchestrator.service.stop(), "stopping an orchestrator")
+
+
+async def _stop_or_explain(stopping: Awaitable[None], what: str, within_s: float = 60.0) -> None:
+    """Awaits ``stopping``; if it takes longer than ``within_s``, fails with every task's stack
+    (a hang here would otherwise be a bare timeout with nothing to go on)."""
+    try:
+        await asyncio.wait_for(stopping, within_s)
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=stacks)
+        raise AssertionError(
+            f"{what} took over {within_s} s; tasks:\n{stacks.getvalue()}"
+        ) from None
 
 
 @pytest.fixture
