@@ -172,6 +172,7 @@ class OrchestratorService:
         """Stops answering and every loop and node task; the nodes themselves run on."""
         self._active = False
         self.metrics.leader.set(0)
+        self._clear_gauges()  # at once, and again once no task can refresh them
         await self._set_serving(False)
         if self.autoscaler is not None:
             await self.autoscaler.stop()
@@ -179,6 +180,7 @@ class OrchestratorService:
             await self.supervisor.stop()
         if self.lifecycle is not None:
             await self.lifecycle.pause()
+        self._clear_gauges()
 
     async def _step_down(self) -> None:
         """Leadership lost to another replica: paused, and the nodes this process runs ended
