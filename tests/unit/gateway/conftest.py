@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from cic_common.settings import parse_settings
 from cic_gateway.app import create_app, create_runner
 from cic_gateway.config import GatewaySettings
+from tests.support.teardown import stop_or_explain
 from tests.unit.gateway.fakes import FakeServices
 from tests.unit.gateway.sims import SIM_MODEL, SimFarm
 from tests.unit.gateway.upstream import FakeNode
@@ -127,7 +128,7 @@ async def start_gateway(
     for session in sessions:
         await session.close()
     for runner in runners:
-        await runner.cleanup()
+        await stop_or_explain(runner.cleanup(), "stopping a gateway")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ orchestrators built through the factory on port 0 against the test's own Postgre
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import sys
 import time
@@ -27,6 +26,7 @@ from cic_common.settings import parse_settings
 from cic_orchestrator.config import Settings
 from cic_orchestrator.server import OrchestratorService, create_service
 from tests.support.fake_skypilot import FakeSkyPilot
+from tests.support.teardown import stop_or_explain
 from tests.unit.orchestrator.fake_scheduler import FakeScheduler
 
 T = TypeVar("T")
@@ -110,7 +110,7 @@ async def scheduler() -> AsyncIterator[FakeScheduler]:
     fake = FakeScheduler()
     await fake.start()
     yield fake
-    await _stop_or_explain(fake.stop(), "stopping the SkyPilot stand-in")
+    await stop_or_explain(fake.stop(), "stopping the SkyPilot stand-in")
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ async def skypilot() -> AsyncIterator[FakeSkyPilot]:
     fake = FakeSkyPilot()
     await fake.start()
     yield fake
-    await _stop_or_explain(fake.stop(), "stopping the SkyPilot stand-in")
+    await stop_or_explain(fake.stop(), "stopping the SkyPilot stand-in")
 
 
 def skypilot_env(fake: FakeSkyPilot, **env: str) -> dict[str, str]:
@@ -170,21 +170,7 @@ async def start_orchestrator(
     yield start
     for orchestrator, channel in running:
         await channel.close()
-        await _stop_or_explain(orchestrator.service.stop(), "stopping an orchestrator")
-
-
-async def _stop_or_explain(stopping: Awaitable[None], what: str, within_s: float = 60.0) -> None:
-    """Awaits ``stopping``; if it takes longer than ``within_s``, fails with every task's stack
-    (a hang here would otherwise be a bare timeout with nothing to go on)."""
-    try:
-        await asyncio.wait_for(stopping, within_s)
-    except TimeoutError:
-        stacks = io.StringIO()
-        for task in asyncio.all_tasks():
-            task.print_stack(file=stacks)
-        raise AssertionError(
-            f"{what} took over {within_s} s; tasks:\n{stacks.getvalue()}"
-        ) from None
+        await stop_or_explain(orchestrator.service.stop(), "stopping an orchestrator")
 
 
 @pytest.fixture

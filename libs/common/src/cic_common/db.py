@@ -109,7 +109,8 @@ async def close_pool(pool: asyncpg.Pool, timeout_s: float = 5.0) -> None:
     terminating them (``Pool.close`` alone waits for ever on a connection that is never
     released, and a service must stop within its grace period)."""
     try:
-        await asyncio.wait_for(pool.close(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await pool.close()
     except TimeoutError:
         log.warning("Postgres connections still busy after %ss; closing them", timeout_s)
         pool.terminate()

@@ -118,7 +118,8 @@ class Catalog:
             asyncio.create_task(self._listen_loop(), name="catalog-listen"),
         ]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._attempted.wait(), ready_timeout_s)
+            async with asyncio.timeout(ready_timeout_s):
+                await self._attempted.wait()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -236,8 +237,11 @@ class Catalog:
                     await self._load_snapshot()
             self._attempted.set()
             wait_s = self._refresh_s if self.from_billing else _RETRY_COLD_S
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # meets the event being set, and close() would wait for this loop for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
 
     async def _listen_loop(self) -> None:
         await pubsub.listen_forever(

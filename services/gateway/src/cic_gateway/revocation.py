@@ -64,7 +64,8 @@ class Revocations:
         task keeps trying), or after ``ready_timeout_s``."""
         self._task = asyncio.create_task(self._run(), name="revocations")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._attempted.wait(), ready_timeout_s)
+            async with asyncio.timeout(ready_timeout_s):
+                await self._attempted.wait()
 
     async def close(self) -> None:
         if self._task is not None:

@@ -147,7 +147,8 @@ class RouteStream:
         self._picks.append(scheduler_pb2.RoutePick(id=pick_id, request=request))
         self._wake.set()
         try:
-            return await asyncio.wait_for(answer, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await answer
         except (TimeoutError, asyncio.CancelledError):
             if self._waiting.pop(pick_id, None) is not None:
                 self._abandoned[pick_id] = request.model  # its lease goes back on arrival

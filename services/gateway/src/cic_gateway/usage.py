@@ -378,7 +378,8 @@ class UsageOutbox:
         try:
             for start in range(0, len(events), self._o.batch_size):
                 batch = events[start : start + self._o.batch_size]
-                await asyncio.wait_for(self._send(batch), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._send(batch)
                 for _ in batch:
                     self._memory.popleft()
         except (grpc.aio.AioRpcError, TimeoutError) as err:
@@ -401,7 +402,8 @@ async def _finish(task: asyncio.Task[None] | None, timeout_s: float) -> None:
     if task is None or task.done():
         return
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(task)
     if not task.done():
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

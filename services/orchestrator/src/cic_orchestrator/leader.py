@@ -138,6 +138,7 @@ class LeaderElection:
 
 async def _close(connection: asyncpg.Connection) -> None:
     try:
-        await asyncio.wait_for(connection.close(), 5)
+        async with asyncio.timeout(5):
+            await connection.close()
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         connection.terminate()

@@ -99,8 +99,10 @@ class NodeLogs(logging.Handler):
                 if not live:
                     return
                 try:
-                    yield await asyncio.wait_for(queue.get(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        line = await queue.get()
                 except TimeoutError:
                     continue
+                yield line
         finally:
             log.followers.discard(queue)

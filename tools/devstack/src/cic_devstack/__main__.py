@@ -122,7 +122,8 @@ async def _watch(stack: Stack, stop: asyncio.Event) -> None:
                 stop.set()
                 return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+            async with asyncio.timeout(1.0):
+                await stop.wait()
 
 
 async def run_dev(environ: Mapping[str, str]) -> int:

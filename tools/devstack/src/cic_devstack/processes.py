@@ -63,14 +63,16 @@ class ServiceProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await self.proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 await self.proc.wait()
         if self._relay is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._relay, 5)
+                async with asyncio.timeout(5):
+                    await self._relay
         if self._sink is not None:
             self._sink.close()
         return self.proc.returncode

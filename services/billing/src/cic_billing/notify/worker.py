@@ -83,7 +83,8 @@ class DeliveryWorker:
         self._stopping = True
         self._wakeup.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(task)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -106,7 +107,8 @@ class DeliveryWorker:
                 await asyncio.gather(*(self._attempt(c) for c in claimed))
                 continue  # there may be more due
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
+                async with asyncio.timeout(self._poll_interval_s):
+                    await self._wakeup.wait()
 
     async def _prune_now_and_then(self) -> None:
         if time.monotonic() < self._next_prune:
@@ -124,10 +126,10 @@ class DeliveryWorker:
         channel = claimed.channel
         started = time.monotonic()
         try:
-            result = await asyncio.wait_for(
-                self._senders[channel.type].send(channel, claimed.event, claimed.delivery_id),
-                self._send_timeout_s + 1.0,
-            )
+            async with asyncio.timeout(self._send_timeout_s + 1.0):
+                result = await self._senders[channel.type].send(
+                    channel, claimed.event, claimed.delivery_id
+                )
         except TimeoutError:
             result = SendResult(None, "timed out", retryable=True)
         except Exception as err:

@@ -181,9 +181,8 @@ class SkyClient:
         loop = asyncio.get_running_loop()
         call = functools.partial(function, *args, **kwargs)
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._executor, call), self._call_timeout_s
-            )
+            async with asyncio.timeout(self._call_timeout_s):
+                return await loop.run_in_executor(self._executor, call)
         except TimeoutError:
             raise SkyError(
                 f"SkyPilot API server did not answer within {time.monotonic() - started:.0f}s"
