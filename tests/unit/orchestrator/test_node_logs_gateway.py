@@ -5,6 +5,8 @@ streams it from the stand-in API server, while the node launches."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import logging
 
 import orjson
@@ -24,6 +26,10 @@ async def test_an_admin_follows_a_skypilot_nodes_launch_and_runtime_through_the_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="cic_orchestrator")
+    # The orchestrator checks a SkyPilot launch before answering it, and its first check in a
+    # process imports SkyPilot (seconds): done here first, as earlier tests in a run have done,
+    # so that the launch answers within the gateway's GRPC_TIMEOUT_S when run alone too.
+    await asyncio.to_thread(importlib.import_module, "sky")
     port = free_port()
     orchestrator = await start_orchestrator(GRPC_PORT=str(port), **skypilot_env(skypilot))
     gateway = await start_gateway(ORCHESTRATOR_ADDR=f"127.0.0.1:{port}")
