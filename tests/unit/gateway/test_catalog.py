@@ -18,6 +18,7 @@ from cic.billing.v1 import billing_pb2
 from cic.scheduler.v1 import scheduler_pb2
 from cic_gateway.catalog import Catalog
 from cic_gateway.resources import CATALOG
+from tests.support.teardown import stop_or_explain
 from tests.unit.billing.support import RunningBilling, running_billing
 from tests.unit.gateway.conftest import MODEL, Gateway, StartGateway
 from tests.unit.gateway.fakes import FakeServices, catalog_model
@@ -349,7 +350,7 @@ async def test_a_reload_that_fails_unexpectedly_does_not_end_the_reload_loop(
         assert catalog.require("after-a-failure").type == "chat"
         assert billing.calls == 2
     finally:
-        await catalog.close()
+        await stop_or_explain(catalog.close(), "closing the catalog", 10)
 
 
 async def _true(value: bool) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,10 +22,22 @@ async def every(
             log.exception("%s failed; trying again in %ss", what, interval_s)
 
 
+_STOP_RETRY_S = 0.5
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancels ``task`` and waits for it to end, cancelling again while it runs on: a library
+    that swallows one cancellation (redis-py's asyncio client can, on Python 3.11, as can
+    ``asyncio.wait_for``) must not keep a shutdown waiting for ever. A failure the task ended
+    with is logged, not raised."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=_STOP_RETRY_S)
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger(__name__).warning("%s ended with %r", task.get_name(), task.exception())
+
+
 async def stop(task: asyncio.Task[Any] | None) -> None:
-    """Cancels a background job (None: there is none) and waits until it has ended."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Stops a background job (None: there is none): :func:`cancel_and_wait`."""
+    if task is not None:
+        await cancel_and_wait(task)

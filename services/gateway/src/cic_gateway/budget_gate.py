@@ -15,13 +15,12 @@ already in flight finish.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from cic_common.periodic import every
+from cic_common.periodic import cancel_and_wait, every
 from cic_gateway.errors import ApiError
 from cic_gateway.metrics import GatewayMetrics
 from cic_gateway.store import KeyAuth
@@ -89,9 +88,7 @@ class BudgetGate:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def refresh(self) -> bool:

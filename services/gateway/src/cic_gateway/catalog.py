@@ -27,6 +27,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from cic.billing.v1 import billing_pb2, billing_pb2_grpc
+from cic_common.periodic import cancel_and_wait
 from cic_gateway import pubsub
 from cic_gateway.errors import SERVER_ERROR, ApiError
 
@@ -122,11 +123,7 @@ class Catalog:
                 await self._attempted.wait()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(cancel_and_wait(task) for task in self._tasks))
         self._tasks = []
         await self._subscriber.aclose()
         await self._publisher.aclose()

@@ -5,7 +5,6 @@ keeps ``cic_gateway_dependency_up`` current."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -13,6 +12,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cic_common.periodic import cancel_and_wait
 from cic_gateway.jsonio import json_response
 from cic_gateway.resources import DB, LIFECYCLE, METRICS, REDIS, SERVICES, SETTINGS
 
@@ -113,6 +113,4 @@ async def dependency_probes_ctx(app: web.Application) -> AsyncIterator[None]:
     interval_s = app[SETTINGS].dependency_probe_interval_s
     task = asyncio.create_task(_probe_forever(app, interval_s), name="dependency-probes")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)

@@ -39,7 +39,6 @@ warning is logged at most once a minute.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -54,6 +53,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from cic_common.periodic import cancel_and_wait
 from cic_gateway.errors import SERVER_ERROR, ApiError
 from cic_gateway.metrics import GatewayMetrics
 from cic_gateway.ratelimit_http import (
@@ -407,9 +407,7 @@ class RateLimiter:
 
     async def close(self) -> None:
         if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+            await cancel_and_wait(self._renewer)
         await self.wait_settled()
         await self._redis.aclose()
 

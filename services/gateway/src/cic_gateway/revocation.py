@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from cic_common.periodic import cancel_and_wait
 from cic_gateway import pubsub
 from cic_gateway.keys import KeyStore
 from cic_gateway.metrics import GatewayMetrics
@@ -69,9 +70,7 @@ class Revocations:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self._subscriber.aclose()
         await self._publisher.aclose()

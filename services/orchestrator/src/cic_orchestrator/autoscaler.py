@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from cic_common.periodic import cancel_and_wait
 from cic_orchestrator.latency import LatencyProbe
 from cic_orchestrator.lifecycle import NodeLifecycle
 from cic_orchestrator.metrics import OrchestratorMetrics
@@ -72,8 +73,7 @@ class Autoscaler:
 
     async def stop(self) -> None:
         if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
+            await cancel_and_wait(self._loop)
             self._loop = None
         self._wants_more_since.clear()
         self._wants_fewer_since.clear()

@@ -21,6 +21,7 @@ import asyncpg
 import grpc
 
 from cic_common.events_bus import EventBus, EventKind
+from cic_common.periodic import cancel_and_wait
 from cic_orchestrator import labels
 from cic_orchestrator.config import Settings
 from cic_orchestrator.health_probe import HealthProbe
@@ -335,9 +336,7 @@ class NodeLifecycle:
     async def pause(self) -> None:
         """Cancels the background tasks and leaves every node as it is (leadership paused);
         the next ``reconcile()`` takes the nodes up again."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(task) for task in list(self._tasks)))
 
     async def shutdown(self, leadership_lost: bool = False) -> None:
         """Cancels the background tasks, ends the nodes that must not outlive this process and

@@ -14,6 +14,7 @@ from cic_common.db import close_pool, open_pool
 from cic_common.events_bus import EventBus
 from cic_common.grpc_server import GrpcServer
 from cic_common.metrics import GrpcMetrics
+from cic_common.periodic import cancel_and_wait
 from cic_common.redis import create_redis
 from cic_orchestrator.agent_desk import AgentDesk
 from cic_orchestrator.autoscaler import Autoscaler
@@ -221,8 +222,7 @@ class OrchestratorService:
             await self.grpc.stop(self.settings.shutdown_grace_s)
             self._started = False
         if self._leadership is not None:
-            self._leadership.cancel()
-            await asyncio.gather(self._leadership, return_exceptions=True)
+            await cancel_and_wait(self._leadership)
             self._leadership = None
         if self.autoscaler is not None:
             await self.autoscaler.stop()

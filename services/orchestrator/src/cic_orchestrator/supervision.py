@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from cic_common.periodic import cancel_and_wait
 from cic_orchestrator.health import Signals, judge, takes_traffic
 from cic_orchestrator.health_probe import HealthProbe
 from cic_orchestrator.lifecycle import LOST_LEADERSHIP, NodeLifecycle
@@ -86,9 +87,7 @@ class Supervisor:
         ]
 
     async def stop(self) -> None:
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(loop) for loop in self._loops))
         self._loops = []
 
     async def _reconciles(self) -> None:

@@ -7,22 +7,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from cic_common.periodic import cancel_and_wait
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-_STOP_RETRY_S = 0.5
-
-
-async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancels ``task`` and waits for it to end, cancelling again while it runs on: a library
-    that swallows one cancellation (redis-py's asyncio client can, on Python 3.11) must not
-    keep a shutdown waiting for ever. The task's own loop should also check a stop flag."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=_STOP_RETRY_S)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("%s ended with %r", task.get_name(), task.exception())
 
 
 class PeriodicTask:
