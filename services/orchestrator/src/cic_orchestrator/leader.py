@@ -40,8 +40,8 @@ class LeaderElection:
         self._poll_interval_s = poll_interval_s
         self._key = lock_key() if key is None else key
         self._connection: asyncpg.Connection | None = None
-        # One query at a time on the lock connection (several failures may ask at once).
-        self._checking = asyncio.Lock()
+        # The check of the lock connection under way, shared by whoever asks meanwhile.
+        self._check: asyncio.Task[bool] | None = None
 
     @property
     def leading(self) -> bool:
@@ -87,7 +87,11 @@ class LeaderElection:
         """After the lock connection failed: True once this replica holds the lock again,
         False as soon as another replica holds it. While Postgres cannot be reached it keeps
         trying, for as long as that lasts: no replica can take the lock meanwhile, and a
-        leader that cannot reach its database should leave its nodes serving, not end them."""
+        leader that cannot reach its database should leave its nodes serving, not end them.
+        It first waits two poll intervals, so that a standby (trying every interval) takes the
+        lock first when there is one that reaches Postgres: this replica's own connection has
+        just proved unreliable."""
+        await asyncio.sleep(2 * self._poll_interval_s)
         while True:
             outcome = await self.attempt()
             if outcome is Attempt.TAKEN:
@@ -100,18 +104,23 @@ class LeaderElection:
     async def confirm(self) -> bool:
         """Whether this replica holds the lock now: its lock connection answers. Called every
         poll interval, and before an action only the leader may take (failing or replacing a
-        node), so that a replica whose lock was lost between two polls does not act on it."""
-        async with self._checking:
-            connection = self._connection
-            if connection is None:
-                return False
-            return await self._answers(connection)
+        node), so that a replica whose lock was lost between two polls does not act on it.
+        Callers at the same moment share one check, which runs in a task of its own: a caller
+        cancelled meanwhile (a node task when the lead pauses) cannot cut the query short and
+        leave the connection in the middle of an operation."""
+        connection = self._connection
+        if connection is None:
+            return False
+        check = self._check
+        if check is None or check.done():
+            check = self._check = asyncio.create_task(self._answers(connection))
+        return await asyncio.shield(check)
 
     async def _answers(self, connection: asyncpg.Connection) -> bool:
         try:
             await connection.fetchval("SELECT 1", timeout=self._poll_interval_s + 5)
             return True
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+        except Exception as err:  # whatever the connection says, it does not hold the lock
             if self._connection is connection:
                 log.error("leader: lost the lock connection (%s); stepping down", err)
                 self._connection = None
@@ -126,13 +135,14 @@ class LeaderElection:
 
     async def release(self) -> None:
         """Gives the lock up at once (a standby takes over at its next try)."""
-        async with self._checking:
-            connection, self._connection = self._connection, None
-            if connection is None:
-                return
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await connection.execute("SELECT pg_advisory_unlock($1)", self._key, timeout=5)
-            await _close(connection)
+        if self._check is not None:
+            await asyncio.gather(asyncio.shield(self._check), return_exceptions=True)
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with contextlib.suppress(Exception):
+            await connection.execute("SELECT pg_advisory_unlock($1)", self._key, timeout=5)
+        await _close(connection)
         log.info("leader: lock released")
 
 
@@ -140,5 +150,5 @@ async def _close(connection: asyncpg.Connection) -> None:
     try:
         async with asyncio.timeout(5):
             await connection.close()
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except Exception:  # a connection that cannot close cleanly is cut
         connection.terminate()
