@@ -46,7 +46,10 @@ async def test_health_follows_the_three_signals_and_only_healthy_nodes_take_traf
             now(lambda: scheduler.nodes[node.id].state == scheduler_pb2.NODE_STATE_DRAINING),
             "out of the scheduler's rotation",
         )
-        assert orchestrator.metric("cic_orchestrator_node_health", health="suspect") == 1
+        await eventually(  # the gauges are set once the round has judged every node
+            now(lambda: orchestrator.metric("cic_orchestrator_node_health", health="suspect") == 1),
+            "the suspect node counted",
+        )
     finally:
         os.kill(pid, signal.SIGCONT)
     # It answers again within NODE_DEAD_AFTER_S: healthy and back in rotation.
