@@ -153,7 +153,9 @@ class Supervisor:
                 await self._lifecycle.fail(record, reason, (NodeState.READY,))
                 continue
             counts[health.value] += 1
-            if not scheduler_reachable:
+            if not scheduler_reachable or self._lifecycle.busy(record.id):
+                # A terminate that began while this node was judged owns it now: a heartbeat
+                # sent after its drain would put it back in rotation.
                 continue
             if takes_traffic(health):
                 was_out = not takes_traffic(record.health)
