@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+import grpc
 
 from cic_billing.events import LedgerRow
+from cic_common.grpc_replies import abort
 
 # Errors after which the same call may well succeed later: the client should retry.
 DATABASE_UNAVAILABLE = "billing's database is unavailable"  # what an RPC answers then
@@ -21,6 +24,17 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,
 )
+
+
+@contextlib.asynccontextmanager
+async def db_or_unavailable(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Runs an RPC's database work; a transient database error ends the call UNAVAILABLE
+    (:data:`DATABASE_UNAVAILABLE`), which tells the client to retry."""
+    try:
+        yield
+    except TRANSIENT_DB_ERRORS:
+        await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
+
 
 # Times arrive as microseconds since the epoch, made timestamps here exactly (whole seconds and
 # the microseconds apart: a float holds either exactly, not always their product).

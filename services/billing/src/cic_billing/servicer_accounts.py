@@ -12,7 +12,7 @@ import stripe
 
 from cic.billing.v1 import billing_pb2
 from cic_billing.accounts import STATUS_BY_EVENT, read_account, tenant_id_problem
-from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS
+from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS, db_or_unavailable
 from cic_billing.metering import StripeReporter
 from cic_billing.metrics import BillingMetrics
 from cic_billing.stripe_api import TransientStripeError
@@ -53,10 +53,8 @@ class AccountRpcs:
         problem = tenant_id_problem(request.tenant_id)
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
-        try:
+        async with db_or_unavailable(context):
             account = await read_account(self._pool, request.tenant_id)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return billing_pb2.BillingAccount(
             tenant_id=request.tenant_id,
             stripe_enabled=self._reporter is not None,

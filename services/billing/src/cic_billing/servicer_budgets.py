@@ -16,7 +16,7 @@ from cic_billing.accounts import tenant_id_problem
 from cic_billing.budget_state import BudgetState
 from cic_billing.budgets import ENVIRONMENT, TENANT, BudgetRow, Scope
 from cic_billing.events import BIGINT_MAX, to_datetime
-from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS
+from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS, db_or_unavailable
 from cic_billing.metering import StripeReporter
 from cic_billing.stripe_api import TransientStripeError
 from cic_common.grpc_replies import abort, stamp
@@ -110,15 +110,13 @@ class BudgetRpcs:
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         scope: Scope = (TENANT, request.tenant_id)
-        try:
+        async with db_or_unavailable(context):
             async with self._pool.acquire() as conn, conn.transaction():
                 grant = await credits.insert_grant(
                     conn, request.tenant_id, request.kind, request.amount_micro_usd, expires_at
                 )
                 changes = await budgets.recompute(conn, [scope], now)
                 await self.budget_state.mirror(conn, changes)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         await self.budget_state.announce([], changes)
         log.info(
             "credit grant %s for tenant %s: %s, %d micro-USD",
@@ -135,10 +133,8 @@ class BudgetRpcs:
         problem = tenant_id_problem(request.tenant_id)
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
-        try:
+        async with db_or_unavailable(context):
             grants, balance = await credits.list_grants(self._pool, request.tenant_id)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return billing_pb2.ListCreditGrantsResponse(
             grants=[_grant_message(g) for g in grants], balance_micro_usd=balance
         )
@@ -154,12 +150,10 @@ class BudgetRpcs:
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         limit = request.limit or credits.DEFAULT_DRAWS_LIMIT
-        try:
+        async with db_or_unavailable(context):
             rows = await credits.list_draws(
                 self._pool, request.tenant_id, request.request_id or None, limit
             )
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return billing_pb2.ListCreditDrawsResponse(
             draws=[
                 billing_pb2.CreditDraw(
@@ -193,7 +187,7 @@ class BudgetRpcs:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem or "no scope")
         now = datetime.now(UTC)
         tenant_id = request.scope.tenant_id
-        try:
+        async with db_or_unavailable(context):
             async with self._pool.acquire() as conn, conn.transaction():
                 await budgets.rebase_alerts(conn, scope, tenant_id, limit, thresholds, now)
                 written = await budgets.upsert_budget(
@@ -202,8 +196,6 @@ class BudgetRpcs:
                 changes = await budgets.recompute(conn, [scope], now) if written else []
                 await self.budget_state.mirror(conn, changes)
             row = await budgets.read_budget(self._pool, scope, tenant_id, now)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         if not written:
             await abort(
                 context,
@@ -221,12 +213,10 @@ class BudgetRpcs:
         if problem or scope is None:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem or "no scope")
         now = datetime.now(UTC)
-        try:
+        async with db_or_unavailable(context):
             tenant_id = request.scope.tenant_id
             row = await budgets.read_budget(self._pool, scope, tenant_id, now)
             spent = 0 if row else await budgets.month_spend(self._pool, scope, tenant_id, now)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return _budget_message(scope, request.scope.tenant_id, row, spent, now)
 
     async def GetSpend(
@@ -244,7 +234,7 @@ class BudgetRpcs:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem or "no tenant")
         now = datetime.now(UTC)
         start, end = _period(now)
-        try:
+        async with db_or_unavailable(context):
             async with self._pool.acquire() as conn:
                 spent = await budgets.month_spend(conn, tenant_scope, request.tenant_id, now)
                 balance = int(await conn.fetchval(credits.BALANCE_SQL, request.tenant_id))
@@ -263,8 +253,6 @@ class BudgetRpcs:
                     reply.environment_budget.CopyFrom(
                         _budget_message(env_scope, request.tenant_id, env_row, env_spent, now)
                     )
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return reply
 
     async def ListInvoices(

@@ -18,7 +18,7 @@ from cic_billing.catalog import (
     RegionRow,
 )
 from cic_billing.events import BIGINT_MAX
-from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS
+from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS, db_or_unavailable
 from cic_billing.pricing import DEFAULT_PRICE_MODEL, PriceBook
 from cic_billing.servicer_admin import MAX_MODEL_CHARS
 from cic_common.grpc_replies import abort, stamp
@@ -133,10 +133,8 @@ class CatalogRpcs:
     async def ListModels(
         self, request: billing_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.ListModelsResponse:
-        try:
+        async with db_or_unavailable(context):
             rows = await catalog.list_models(self._prices.pool)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return billing_pb2.ListModelsResponse(models=[model_message(r) for r in rows])
 
     async def CreateModel(
@@ -184,11 +182,9 @@ class CatalogRpcs:
         changes: dict[str, object] = dict(given)
         if "type" in given:
             changes["type"] = _TYPE_NAMES[given["type"]]
-        try:
+        async with db_or_unavailable(context):
             row = await catalog.update_model(self._prices.pool, request.name, changes)
             await self._prices.reload()
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         if row is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no model {request.name!r}")
         log.info("model %s changed: %s", request.name, ", ".join(sorted(changes)) or "nothing")
@@ -200,11 +196,9 @@ class CatalogRpcs:
         problem = name_problem(request.name)
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
-        try:
+        async with db_or_unavailable(context):
             found = await catalog.delete_model(self._prices.pool, request.name)
             await self._prices.reload()
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         if not found:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no model {request.name!r}")
         log.info("model %s removed from the catalog", request.name)
@@ -213,10 +207,8 @@ class CatalogRpcs:
     async def ListRegions(
         self, request: billing_pb2.ListRegionsRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.ListRegionsResponse:
-        try:
+        async with db_or_unavailable(context):
             rows = await catalog.list_regions(self._prices.pool)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return billing_pb2.ListRegionsResponse(regions=[region_message(r) for r in rows])
 
     async def CreateRegion(
@@ -256,11 +248,9 @@ class CatalogRpcs:
         )
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
-        try:
+        async with db_or_unavailable(context):
             row = await catalog.update_region(self._prices.pool, request.code, name, ppm)
             await self._prices.reload()
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         if row is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no region {request.code!r}")
         log.info("region %s changed", request.code)

@@ -9,7 +9,7 @@ from typing import NoReturn
 import grpc
 
 from cic.billing.v1 import billing_pb2
-from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS
+from cic_billing.ledger import DATABASE_UNAVAILABLE, TRANSIENT_DB_ERRORS, db_or_unavailable
 from cic_billing.notify.channels import (
     MAX_CHANNELS_PER_OWNER,
     MAX_TENANT_ID_CHARS,
@@ -141,10 +141,8 @@ class NotificationRpcs:
         context: grpc.aio.ServicerContext,
     ) -> billing_pb2.ListNotificationChannelsResponse:
         scope = await self._scope(request.scope, context)
-        try:
+        async with db_or_unavailable(context):
             channels = await self.notifier.channels.list(scope, request.all_owners)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         return billing_pb2.ListNotificationChannelsResponse(
             channels=[channel_message(c) for c in channels]
         )
@@ -156,10 +154,8 @@ class NotificationRpcs:
     ) -> billing_pb2.DeleteNotificationChannelResponse:
         scope = await self._scope(request.scope, context)
         await self._check_channel_id(request.channel_id, context)
-        try:
+        async with db_or_unavailable(context):
             found = await self.notifier.channels.delete(scope, request.channel_id)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         if not found:
             await self._not_found(request.channel_id, context)
         log.info("notification channel %s deleted", request.channel_id)
@@ -175,10 +171,8 @@ class NotificationRpcs:
         if request.limit < 0:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "limit is negative")
         limit = request.limit or DEFAULT_LISTED
-        try:
+        async with db_or_unavailable(context):
             found = await self.notifier.deliveries.list(scope, request.channel_id, limit)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         if found is None:
             await self._not_found(request.channel_id, context)
         return billing_pb2.ListNotificationDeliveriesResponse(
@@ -192,7 +186,7 @@ class NotificationRpcs:
     ) -> billing_pb2.NotificationDelivery:
         scope = await self._scope(request.scope, context)
         await self._check_channel_id(request.channel_id, context)
-        try:
+        async with db_or_unavailable(context):
             channel = await self.notifier.channels.get(scope, request.channel_id)
             if channel is None:
                 await self._not_found(request.channel_id, context)
@@ -203,8 +197,6 @@ class NotificationRpcs:
             )
             delivery_id = await self.notifier.deliveries.add_test(channel, event)
             delivery = await self.notifier.deliveries.get(delivery_id)
-        except TRANSIENT_DB_ERRORS:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
         self.notifier.wake()
         assert delivery is not None
         return delivery_message(delivery)
