@@ -1,4 +1,5 @@
-"""cic_common.periodic.every: a job whose round fails goes on with the next round."""
+"""cic_common.periodic: ``every`` goes on after a failing round; ``cancel_and_wait`` ends a
+task that swallows a cancellation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 
 import pytest
 
-from cic_common.periodic import every
+from cic_common.periodic import cancel_and_wait, every
 
 
 async def test_a_failing_round_is_logged_and_the_next_rounds_run(
@@ -34,3 +35,23 @@ async def test_a_failing_round_is_logged_and_the_next_rounds_run(
     assert rounds[:3] == [0, 1, 2]
     [record] = [r for r in caplog.records if r.name == "test.periodic"]
     assert "the work failed" in record.getMessage() and record.exc_info is not None
+
+
+async def test_a_task_that_swallows_a_cancellation_is_cancelled_again_until_it_ends() -> None:
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed == 2:
+                    raise
+                swallowed += 1  # as a library that loses the cancellation would
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task), 10)
+    assert task.cancelled() and swallowed == 2
+    await cancel_and_wait(None)  # no task: nothing to do

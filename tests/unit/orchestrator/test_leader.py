@@ -41,6 +41,20 @@ async def _health(channel: grpc.aio.Channel, service: str = SERVICE_NAME) -> int
     return reply.status
 
 
+async def _end_lock_connections(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND granted AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        )
+    finally:
+        await conn.close()
+
+
 async def _refused_as_standby(stub: orchestrator_pb2_grpc.OrchestratorServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.ListNodes(pb.ListNodesRequest(), timeout=5)
@@ -108,16 +122,7 @@ async def test_a_leader_that_loses_its_lock_connection_steps_down(
         "the leader counts it",
     )
 
-    conn = await asyncpg.connect(database_url)
-    try:
-        ended = await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
-            " WHERE locktype = 'advisory' AND granted AND database ="
-            " (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-    finally:
-        await conn.close()
-    assert ended == 1
+    assert await _end_lock_connections(database_url) == 1
 
     async def swapped() -> bool:
         return standby.service.active and not leader.service.active
@@ -137,20 +142,6 @@ async def test_a_leader_that_loses_its_lock_connection_steps_down(
         ),
         "the new leader counts it",
     )
-
-
-async def _end_lock_connections(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
-                " WHERE locktype = 'advisory' AND granted AND database ="
-                " (SELECT oid FROM pg_database WHERE datname = current_database())"
-            )
-        )
-    finally:
-        await conn.close()
 
 
 async def test_a_lone_leader_that_loses_its_lock_connection_leads_on_with_its_nodes(
@@ -187,15 +178,7 @@ async def test_the_new_leader_replaces_the_simulators_the_old_one_ended(
     standby: Orchestrator = await start_orchestrator(LEADER_POLL_INTERVAL_S="0.05")
     simulated = (await leader.stub.LaunchNode(local_launch())).node
     await leader.wait_state(simulated.id, pb.NODE_STATE_READY)
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-            " AND granted AND database ="
-            " (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-    finally:
-        await conn.close()
+    assert await _end_lock_connections(database_url) == 1
     await eventually(now(lambda: standby.service.active), "the standby leads")
     # Its simulator ended with the old leader's lead (which replica records it first, and so
     # the reason, depends on timing): lost capacity, which the new leader replaces.

@@ -25,19 +25,15 @@ async def every(
 _STOP_RETRY_S = 0.5
 
 
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancels ``task`` and waits for it to end, cancelling again while it runs on: a library
-    that swallows one cancellation (redis-py's asyncio client can, on Python 3.11, as can
-    ``asyncio.wait_for``) must not keep a shutdown waiting for ever. A failure the task ended
-    with is logged, not raised."""
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancels ``task`` (None: there is none) and waits for it to end, cancelling again while it
+    runs on: a library that swallows one cancellation (redis-py's asyncio client can, on Python
+    3.11, as can ``asyncio.wait_for``) must not keep a shutdown waiting for ever. A failure the
+    task ended with is logged, not raised."""
+    if task is None:
+        return
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=_STOP_RETRY_S)
     if not task.cancelled() and task.exception() is not None:
         logging.getLogger(__name__).warning("%s ended with %r", task.get_name(), task.exception())
-
-
-async def stop(task: asyncio.Task[Any] | None) -> None:
-    """Stops a background job (None: there is none): :func:`cancel_and_wait`."""
-    if task is not None:
-        await cancel_and_wait(task)

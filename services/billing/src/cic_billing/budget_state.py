@@ -31,7 +31,7 @@ from cic_billing import budgets
 from cic_billing.budgets import ENVIRONMENT, Alert, Transition, scope_key
 from cic_billing.metrics import BillingMetrics
 from cic_common.events_bus import EventBus, EventKind
-from cic_common.periodic import every, stop
+from cic_common.periodic import cancel_and_wait, every
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class BudgetState:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        await stop(task)
+        await cancel_and_wait(task)
 
     async def mirror(self, conn: asyncpg.Connection, changes: Sequence[Transition]) -> None:
         """Writes ``changes`` to Redis; call inside the transaction that made them, before it

@@ -29,7 +29,7 @@ from cic_billing.config import Settings
 from cic_billing.meter_store import DueReport, MeterStore
 from cic_billing.metrics import BillingMetrics
 from cic_billing.stripe_api import Delivery, InvoiceSummary, StripeApi, TransientStripeError
-from cic_common.periodic import stop
+from cic_common.periodic import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class StripeReporter:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        await stop(task)
+        await cancel_and_wait(task)
         await self._api.close()
 
     async def _run(self) -> None:

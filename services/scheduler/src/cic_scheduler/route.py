@@ -19,8 +19,8 @@ import logging
 from collections.abc import AsyncIterator
 
 from cic.scheduler.v1 import scheduler_pb2 as pb
+from cic_common.periodic import cancel_and_wait
 from cic_scheduler import convert
-from cic_scheduler.background import cancel_and_wait
 from cic_scheduler.core import NodeScheduler
 from cic_scheduler.nodes import LeaseReturn, PickRequest, RegistryUnavailable, SchedulerError
 

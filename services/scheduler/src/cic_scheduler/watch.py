@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from cic_scheduler.background import cancel_and_wait
+from cic_common.periodic import cancel_and_wait
 from cic_scheduler.nodes import NodeView
 from cic_scheduler.registry import NodeRegistry
 

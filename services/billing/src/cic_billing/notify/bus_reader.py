@@ -28,7 +28,7 @@ from cic_billing.ledger import TRANSIENT_DB_ERRORS
 from cic_billing.metrics import BillingMetrics
 from cic_billing.notify.deliveries import DeliveryStore
 from cic_common.events_bus import FIELD, STREAM, BadEvent, Event
-from cic_common.periodic import stop
+from cic_common.periodic import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class BusReader:
     async def close(self) -> None:
         """Stops reading; an entry read but not routed stays pending for another replica."""
         task, self._task = self._task, None
-        await stop(task)
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         backoff = _BACKOFF_INITIAL_S
