@@ -44,6 +44,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.route = True  # serves the Route stream
         self.route_calls = 0
         self.route_streams = 0
+        self.route_messages: list[scheduler_pb2.RouteRequest] = []
         self.route_delay_s = 0.0
         self.unary_picks = 0
         self._routes_broken = asyncio.Event()
@@ -103,6 +104,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
                 message = message.result()
                 if message is grpc.aio.EOF:
                     return
+                self.route_messages.append(message)
                 for release in message.releases:
                     await self.ReleaseNode(release, context)
                 answers = [self._route_answer(pick) for pick in message.picks]

@@ -105,3 +105,28 @@ async def test_refusals_on_the_stream_map_to_the_same_errors(
         await client.pick("warming")
     assert (none_ready.value.status, none_ready.value.code) == (503, "no_ready_node")
     assert services.scheduler.unary_picks == 0
+
+
+async def test_a_release_leaves_with_the_next_pick(
+    services: FakeServices, client: SchedulerClient
+) -> None:
+    fake = services.scheduler
+    first = await client.pick(MODEL)
+    client.release_soon(first, Outcome.OUTCOME_SUCCESS, 3, 4)
+    await client.pick(MODEL)
+    [released] = await fake.wait_for_releases(1)
+    assert (released.lease_id, released.prompt_tokens) == (first.lease_id, 3)
+    # One message carried both: the release waited for the pick instead of going on its own.
+    assert [(len(m.picks), len(m.releases)) for m in fake.route_messages] == [(1, 0), (1, 1)]
+
+
+async def test_a_release_with_no_pick_to_ride_with_leaves_on_its_own(
+    services: FakeServices, client: SchedulerClient
+) -> None:
+    fake = services.scheduler
+    lease = await client.pick(MODEL)
+    client.release_soon(lease, Outcome.OUTCOME_NODE_ERROR, 0, 0)
+    [released] = await fake.wait_for_releases(1, timeout=1.0)
+    assert released.lease_id == lease.lease_id
+    assert released.outcome == scheduler_pb2.OUTCOME_NODE_ERROR
+    assert [(len(m.picks), len(m.releases)) for m in fake.route_messages] == [(1, 0), (0, 1)]

@@ -88,6 +88,39 @@ async def test_releases_on_the_stream_give_the_slots_back(scheduler: RunningSche
     assert scheduler.sample("cic_scheduler_releases_total", outcome="success") == 3
 
 
+async def test_releases_that_come_with_picks_are_given_back_before_them(
+    scheduler: RunningScheduler,
+) -> None:
+    await scheduler.register("a")
+    await scheduler.register("b")
+    requests: asyncio.Queue[pb.RouteRequest | None] = asyncio.Queue()
+
+    async def outgoing() -> AsyncIterator[pb.RouteRequest]:
+        while (message := await requests.get()) is not None:
+            yield message
+
+    call = scheduler.stub.Route(outgoing())
+    await requests.put(pb.RouteRequest(picks=_picks("m", "m", "m")))
+    answers = [a async for r in _take(call, 3) for a in r]
+    by_node: dict[str, list[str]] = {}
+    for answer in answers:
+        by_node.setdefault(answer.picked.node.id, []).append(answer.picked.lease_id)
+    [busier] = [node for node, leases in by_node.items() if len(leases) == 2]
+    # The busier node's two leases come back with a pick: given back first, they leave that
+    # node the least loaded (0 against 1), so the pick goes there.
+    releases = [
+        pb.ReleaseNodeRequest(lease_id=lease, outcome=pb.OUTCOME_SUCCESS)
+        for lease in by_node[busier]
+    ]
+    await requests.put(pb.RouteRequest(picks=_picks("m", start=4), releases=releases))
+    [answer] = [a async for r in _take(call, 1) for a in r]
+    assert answer.id == 4 and answer.picked.node.id == busier
+    assert {n.id: n.in_flight for n in (await scheduler.nodes()).values()} == {"a": 1, "b": 1}
+    assert scheduler.sample("cic_scheduler_releases_total", outcome="success") == 2
+    await requests.put(None)
+    assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
+
+
 async def test_picks_sent_one_by_one_are_each_answered(scheduler: RunningScheduler) -> None:
     await scheduler.register("a")
     requests: asyncio.Queue[pb.RouteRequest | None] = asyncio.Queue()

@@ -90,18 +90,33 @@ class NodeScheduler:
     async def pick_many(self, requests: Sequence[PickRequest]) -> list[Lease | SchedulerError]:
         """Each request picked as :meth:`pick` would, all in one round trip to the registry; a
         pick that fails gives its error in its place."""
+        return (await self.release_and_pick((), requests))[1]
+
+    async def release_and_pick(
+        self, returns: Sequence[LeaseReturn], requests: Sequence[PickRequest]
+    ) -> tuple[bool, list[Lease | SchedulerError]]:
+        """Gives ``returns`` back as :meth:`release_many` would, then picks ``requests`` as
+        :meth:`pick_many` would (seeing the slots just freed), all in one round trip to the
+        registry. Returns whether the leases were given back (not while the registry is
+        unavailable: the caller tries them again) and the picks' results."""
         started = time.perf_counter()
         policies = [self._policies.for_model(r.model) for r in requests]
+        pairs = [(r.lease_id, r.outcome) for r in returns]
+        released: list[Release] = []
         results: list[Lease | SchedulerError]
         try:
-            results = await self.registry.acquire_many(list(zip(requests, policies, strict=True)))
+            released, results = await self.registry.release_and_acquire(
+                pairs, list(zip(requests, policies, strict=True))
+            )
         except RegistryUnavailable as err:
             results = [err] * len(requests)
         elapsed = time.perf_counter() - started
         for request, policy, result in zip(requests, policies, results, strict=True):
             self._metrics.pick_seconds.observe(elapsed)
             self._account_pick(request, policy.name, result)
-        return results
+        for given_back, release in zip(returns, released, strict=True):
+            await self._account(given_back, release)
+        return len(released) == len(returns), results
 
     def _account_pick(
         self, request: PickRequest, policy: str, result: Lease | SchedulerError

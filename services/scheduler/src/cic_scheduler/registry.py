@@ -79,6 +79,14 @@ class NodeRegistry(ABC):
         """Like :meth:`release` for each ``(lease_id, outcome)`` in order."""
         return [await self.release(lease_id, outcome) for lease_id, outcome in returns]
 
+    async def release_and_acquire(
+        self, returns: Sequence[tuple[str, Outcome]], picks: Sequence[tuple[PickRequest, Policy]]
+    ) -> tuple[list[Release], list[Lease | SchedulerError]]:
+        """:meth:`release_many` of ``returns``, then :meth:`acquire_many` of ``picks`` (which
+        see the slots just given back)."""
+        released = await self.release_many(returns) if returns else []
+        return released, await self.acquire_many(picks)
+
     @abstractmethod
     async def expire_leases(self) -> list[ExpiredLease]:
         """Gives back every lease older than its TTL (a lost half-open trial re-opens its

@@ -100,20 +100,19 @@ class RedisNodeRegistry(NodeRegistry):
         with _reachable():
             return await self._scripts[name](keys=list(keys), args=[self.prefix, *args])
 
-    async def _run_many(self, name: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Script ``name`` once per ``(keys, args)``, all in one round trip (each run atomic).
+    async def _run_many(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Each ``(script name, keys, args)`` run once, all in one round trip (each run atomic).
 
         EVALSHA straight into the pipeline: redis-py's own pipelined scripts cost a SCRIPT EXISTS
         round trip before every pipeline. Runs Redis answers NOSCRIPT for (it lost its scripts:
-        a restart, SCRIPT FLUSH) did not run; they are sent again once the script is loaded."""
-        script = self._scripts[name]
+        a restart, SCRIPT FLUSH) did not run; they are sent again once their script is loaded."""
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in pending:
-                    keys, args = calls[i]
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    name, keys, args = calls[i]
+                    pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
                 answers = await pipe.execute(raise_on_error=False)
             missing = []
             for i, answer in zip(pending, answers, strict=True):
@@ -125,7 +124,9 @@ class RedisNodeRegistry(NodeRegistry):
                     replies[i] = answer
             if not missing:
                 break
-            script.sha = await self._redis.script_load(script.script)
+            for name in sorted({calls[i][0] for i in missing}):
+                script = self._scripts[name]
+                script.sha = await self._redis.script_load(script.script)
             pending = missing
         return replies
 
@@ -257,35 +258,45 @@ class RedisNodeRegistry(NodeRegistry):
         """Every pick its own script (atomic each), all sent in one round trip."""
         if len(picks) == 1:
             return await super().acquire_many(picks)
-        now = self._clock()
-        lease_ids, calls = [], []
-        for request, policy in picks:
-            lease_id, keys, args = self._pick_call(request, policy, now)
-            lease_ids.append(lease_id)
-            calls.append((keys, args))
-        with _reachable():
-            replies = await self._run_many("pick", calls)
-        results: list[Lease | SchedulerError] = []
-        for (request, _), lease_id, reply in zip(picks, lease_ids, replies, strict=True):
-            try:
-                results.append(self._picked(request, lease_id, reply, now))
-            except SchedulerError as err:
-                results.append(err)
-        return results
+        return (await self.release_and_acquire((), picks))[1]
 
     async def release(self, lease_id: str, outcome: Outcome) -> Release:
         return (await self.release_many([(lease_id, outcome)]))[0]
 
     async def release_many(self, returns: Sequence[tuple[str, Outcome]]) -> list[Release]:
         """Every release its own script (atomic each), all sent in one round trip."""
+        return (await self.release_and_acquire(returns, ()))[0]
+
+    async def release_and_acquire(
+        self, returns: Sequence[tuple[str, Outcome]], picks: Sequence[tuple[PickRequest, Policy]]
+    ) -> tuple[list[Release], list[Lease | SchedulerError]]:
+        """The releases, then the picks, each its own script, all in one round trip."""
+        if not returns and len(picks) == 1:
+            return [], await super().acquire_many(picks)  # one script call, no pipeline
         now = self._clock()
-        calls: list[tuple[list[str], list[Any]]] = [
-            ([], [self.prefix, lease_id, outcome.value, now, self._breaker_failures])
+        calls: list[tuple[str, list[str], list[Any]]] = [
+            ("release", [], [self.prefix, lease_id, outcome.value, now, self._breaker_failures])
             for lease_id, outcome in returns
         ]
+        lease_ids = []
+        for request, policy in picks:
+            lease_id, keys, args = self._pick_call(request, policy, now)
+            lease_ids.append(lease_id)
+            calls.append(("pick", keys, args))
+        if not calls:
+            return [], []
         with _reachable():
-            replies = await self._run_many("release", calls)
-        return [self._release(reply, now) for reply in replies]
+            replies = await self._run_many(calls)
+        released = [self._release(reply, now) for reply in replies[: len(returns)]]
+        results: list[Lease | SchedulerError] = []
+        for (request, _), lease_id, reply in zip(
+            picks, lease_ids, replies[len(returns) :], strict=True
+        ):
+            try:
+                results.append(self._picked(request, lease_id, reply, now))
+            except SchedulerError as err:
+                results.append(err)
+        return released, results
 
     def _release(self, reply: Sequence[Any], now: float) -> Release:
         if not reply[0]:

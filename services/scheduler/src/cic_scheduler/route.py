@@ -7,8 +7,10 @@ arrive while the previous batch is in Redis are taken together, in one pipelined
 (each still its own atomic pick script), and answered in one message; so under load the cost per
 pick falls as the batches grow, and an idle stream answers each pick at once.
 
-Releases ride the same stream and are not answered; they go to the registry in batches of their
-own, beside the picks, so a burst of releases never holds a pick back.
+Releases ride the same stream and are not answered. Those that come with picks go to the
+registry in the picks' round trip, before them (so the picks see the slots they free); those that
+come alone go in batches of their own, beside the picks, so a burst of them never holds a pick
+back.
 """
 
 from __future__ import annotations
@@ -78,12 +80,17 @@ class RouteSession:
                 for release in message.releases:
                     if release.lease_id:
                         self._releases.append(convert.lease_return(release))
-                if self._releases and (self._release_task is None or self._release_task.done()):
-                    self._release_task = asyncio.create_task(self._give_back())
+                if not self._picks:  # releases that came with picks go with them
+                    self._give_back_soon()
                 self._work.set()
         finally:
             self._reading = False
+            self._give_back_soon()  # releases whose picks never came (or were never taken)
             self._work.set()
+
+    def _give_back_soon(self) -> None:
+        if self._releases and (self._release_task is None or self._release_task.done()):
+            self._release_task = asyncio.create_task(self._give_back())
 
     def _queue_pick(self, pick: pb.RoutePick) -> None:
         try:
@@ -96,7 +103,17 @@ class RouteSession:
         return pb.RoutePicked(id=pick_id, error_code=code.value[0], error_message=str(err))
 
     async def _take(self, batch: list[tuple[int, PickRequest]]) -> list[pb.RoutePicked]:
-        results = await self._scheduler.pick_many([request for _, request in batch])
+        """The batch's answers; the releases waiting (unless a give-back is under way) are given
+        back in the same round trip, first."""
+        returns: list[LeaseReturn] = []
+        if self._release_task is None or self._release_task.done():
+            returns, self._releases = self._releases, []
+        given_back, results = await self._scheduler.release_and_pick(
+            returns, [request for _, request in batch]
+        )
+        if not given_back:  # the registry is unavailable: tried again on their own
+            self._releases = returns + self._releases
+        self._give_back_soon()
         answers = []
         for (pick_id, _), result in zip(batch, results, strict=True):
             if isinstance(result, SchedulerError):
