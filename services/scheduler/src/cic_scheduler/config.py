@@ -35,7 +35,7 @@ class SchedulerSettings(GrpcServiceSettings):
     prefix_affinity_max_extra_load: float = Field(default=4.0, ge=0, le=100000)
     # How often every node's vLLM ``GET {endpoint}/metrics`` is scraped for its load, and how
     # long one scrape may take.
-    load_scrape_interval_s: float = Field(default=0.5, gt=0, le=60)
+    load_scrape_interval_s: float = Field(default=1.0, gt=0, le=60)
     load_scrape_timeout_s: float = Field(default=0.4, gt=0, le=60)
     # A lease not released within this time is given back by the sweeper.
     lease_ttl_s: float = Field(default=600.0, gt=0, le=86400)

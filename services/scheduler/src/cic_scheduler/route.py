@@ -113,7 +113,9 @@ class RouteSession:
         )
         if not given_back:  # the registry is unavailable: tried again on their own
             self._releases = returns + self._releases
-        self._give_back_soon()
+            self._give_back_soon()
+        elif not self._picks:  # releases read meanwhile go with the next picks, if any wait
+            self._give_back_soon()
         answers = []
         for (pick_id, _), result in zip(batch, results, strict=True):
             if isinstance(result, SchedulerError):

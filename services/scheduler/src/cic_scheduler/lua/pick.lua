@@ -71,8 +71,21 @@ local function least_loaded(zkey, trial_list)
     if not fewest or c.score < fewest then fewest = c.score end
   end
   if not fewest then return nil, nil end
-  local tied = {}
   local at = string.format('%.17g', fewest)
+  local trial_tied = false
+  for _, c in ipairs(trial_list) do
+    if c.score == fewest then trial_tied = true end
+  end
+  if n_excluded == 0 and not trial_tied then
+    -- The common case, without reading every tied node: the same choice as below (ties in id
+    -- order, taken in turn), by counting them and reading the one whose turn it is.
+    local count = redis.call('ZCOUNT', zkey, at, at)
+    local index = 0
+    if count > 1 then index = (redis.call('INCR', KEYS[2]) - 1) % count end
+    local id = redis.call('ZRANGEBYSCORE', zkey, at, at, 'LIMIT', index, 1)[1]
+    return {id = id, score = fewest, trial = false}, fewest
+  end
+  local tied = {}
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', zkey, at, at)) do
     if not excluded[id] then tied[#tied + 1] = {id = id, score = fewest, trial = false} end
   end

@@ -23,7 +23,7 @@ if f[1] == 'half_open' and f[2] == lease then
     redis.call('HSET', key, 'breaker', 'open', 'trial', '')
   end
 elseif outcome == 'success' then
-  redis.call('HSET', key, 'node_errors', 0)
+  if f[3] and f[3] ~= '0' then redis.call('HSET', key, 'node_errors', 0) end
 elseif outcome == 'node_error' and f[1] == 'closed' then
   local errors = redis.call('HINCRBY', key, 'node_errors', 1)
   if errors >= failures then
