@@ -18,6 +18,19 @@ def _picks(*models: str, start: int = 1) -> list[pb.RoutePick]:
     ]
 
 
+def _open_route(
+    scheduler: RunningScheduler,
+) -> tuple[asyncio.Queue[pb.RouteRequest | None], grpc.aio.StreamStreamCall]:
+    """A Route call that sends what is put on the queue, until None (the caller's side ends)."""
+    requests: asyncio.Queue[pb.RouteRequest | None] = asyncio.Queue()
+
+    async def outgoing() -> AsyncIterator[pb.RouteRequest]:
+        while (message := await requests.get()) is not None:
+            yield message
+
+    return requests, scheduler.stub.Route(outgoing())
+
+
 async def _one_message(message: pb.RouteRequest) -> AsyncIterator[pb.RouteRequest]:
     yield message
 
@@ -65,13 +78,7 @@ async def test_refused_picks_carry_the_status_pick_node_would_end_with(
 
 async def test_releases_on_the_stream_give_the_slots_back(scheduler: RunningScheduler) -> None:
     await scheduler.register("a")
-    requests: asyncio.Queue[pb.RouteRequest | None] = asyncio.Queue()
-
-    async def outgoing() -> AsyncIterator[pb.RouteRequest]:
-        while (message := await requests.get()) is not None:
-            yield message
-
-    call = scheduler.stub.Route(outgoing())
+    requests, call = _open_route(scheduler)
     await requests.put(pb.RouteRequest(picks=_picks("m", "m", "m")))
     answers = [a async for r in _take(call, 3) for a in r]
     assert (await scheduler.nodes())["a"].in_flight == 3
@@ -93,13 +100,7 @@ async def test_releases_that_come_with_picks_are_given_back_before_them(
 ) -> None:
     await scheduler.register("a")
     await scheduler.register("b")
-    requests: asyncio.Queue[pb.RouteRequest | None] = asyncio.Queue()
-
-    async def outgoing() -> AsyncIterator[pb.RouteRequest]:
-        while (message := await requests.get()) is not None:
-            yield message
-
-    call = scheduler.stub.Route(outgoing())
+    requests, call = _open_route(scheduler)
     await requests.put(pb.RouteRequest(picks=_picks("m", "m", "m")))
     answers = [a async for r in _take(call, 3) for a in r]
     by_node: dict[str, list[str]] = {}
@@ -123,13 +124,7 @@ async def test_releases_that_come_with_picks_are_given_back_before_them(
 
 async def test_picks_sent_one_by_one_are_each_answered(scheduler: RunningScheduler) -> None:
     await scheduler.register("a")
-    requests: asyncio.Queue[pb.RouteRequest | None] = asyncio.Queue()
-
-    async def outgoing() -> AsyncIterator[pb.RouteRequest]:
-        while (message := await requests.get()) is not None:
-            yield message
-
-    call = scheduler.stub.Route(outgoing())
+    requests, call = _open_route(scheduler)
     seen: list[int] = []
     for pick_id in range(1, 6):
         await requests.put(pb.RouteRequest(picks=_picks("m", start=pick_id)))
