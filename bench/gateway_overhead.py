@@ -100,10 +100,7 @@ async def _targets(stack: Stack) -> tuple[Target, Target]:
         admin = AdminClient(session, stack.gateway_url, stack.config.admin_token)
         tenant = await admin.create_tenant("bench", f"bench-{secrets.token_hex(4)}@example.com")
         key = (await admin.create_key(tenant["id"], "bench"))["key"]
-        async with session.get(
-            f"{stack.gateway_url}/admin/nodes", headers={"X-Admin-Token": stack.config.admin_token}
-        ) as resp:
-            nodes = (await resp.json())["data"]
+        nodes = await admin.list_nodes()
     node = urlsplit(nodes[0]["endpoint"])
     gateway = urlsplit(stack.gateway_url)
     assert node.hostname and node.port and gateway.hostname and gateway.port

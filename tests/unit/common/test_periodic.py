@@ -55,3 +55,18 @@ async def test_a_task_that_swallows_a_cancellation_is_cancelled_again_until_it_e
     await asyncio.wait_for(cancel_and_wait(task), 10)
     assert task.cancelled() and swallowed == 2
     await cancel_and_wait(None)  # no task: nothing to do
+
+
+async def test_a_task_given_a_grace_period_may_finish_on_its_own() -> None:
+    finished = asyncio.Event()
+
+    async def finishing() -> None:
+        await asyncio.sleep(0.05)
+        finished.set()
+
+    task = asyncio.create_task(finishing())
+    await cancel_and_wait(task, grace_s=5)
+    assert finished.is_set() and not task.cancelled()
+    slow = asyncio.create_task(asyncio.sleep(3600))
+    await asyncio.wait_for(cancel_and_wait(slow, grace_s=0.05), 5)
+    assert slow.cancelled()  # past its grace period it is cancelled

@@ -13,7 +13,7 @@ from cic_gateway import scheduler_client
 from cic_gateway.errors import ApiError
 from cic_gateway.scheduler_client import Outcome, SchedulerClient
 from tests.unit.gateway.conftest import MODEL, Gateway
-from tests.unit.gateway.fakes import FakeServices
+from tests.unit.gateway.fakes import FakeScheduler, FakeServices
 
 
 async def _chat(gateway: Gateway, key: str) -> int:
@@ -107,6 +107,11 @@ async def test_refusals_on_the_stream_map_to_the_same_errors(
     assert services.scheduler.unary_picks == 0
 
 
+def _shapes(fake: FakeScheduler) -> list[tuple[int, int]]:
+    """(picks, releases) of every message the fake scheduler got on its Route streams."""
+    return [(len(m.picks), len(m.releases)) for m in fake.route_messages]
+
+
 async def test_a_release_leaves_with_the_next_pick(
     services: FakeServices, client: SchedulerClient
 ) -> None:
@@ -117,7 +122,7 @@ async def test_a_release_leaves_with_the_next_pick(
     [released] = await fake.wait_for_releases(1)
     assert (released.lease_id, released.prompt_tokens) == (first.lease_id, 3)
     # One message carried both: the release waited for the pick instead of going on its own.
-    assert [(len(m.picks), len(m.releases)) for m in fake.route_messages] == [(1, 0), (1, 1)]
+    assert _shapes(fake) == [(1, 0), (1, 1)]
 
 
 async def test_a_release_with_no_pick_to_ride_with_leaves_on_its_own(
@@ -129,4 +134,4 @@ async def test_a_release_with_no_pick_to_ride_with_leaves_on_its_own(
     [released] = await fake.wait_for_releases(1, timeout=1.0)
     assert released.lease_id == lease.lease_id
     assert released.outcome == scheduler_pb2.OUTCOME_NODE_ERROR
-    assert [(len(m.picks), len(m.releases)) for m in fake.route_messages] == [(1, 0), (0, 1)]
+    assert _shapes(fake) == [(1, 0), (0, 1)]

@@ -110,7 +110,7 @@ async def scheduler() -> AsyncIterator[FakeScheduler]:
     fake = FakeScheduler()
     await fake.start()
     yield fake
-    await stop_or_explain(fake.stop(), "stopping the SkyPilot stand-in")
+    await stop_or_explain(fake.stop(), "stopping the fake scheduler")
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+import pytest
 
 from cic.scheduler.v1 import scheduler_pb2 as pb
 from tests.unit.scheduler.support import RunningScheduler, eventually
@@ -96,10 +97,23 @@ async def test_releases_on_the_stream_give_the_slots_back(scheduler: RunningSche
 
 
 async def test_releases_that_come_with_picks_are_given_back_before_them(
-    scheduler: RunningScheduler,
+    scheduler: RunningScheduler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await scheduler.register("a")
     await scheduler.register("b")
+    registry = scheduler.service.scheduler.registry
+    trips: list[tuple[int, int]] = []  # (releases, picks) of each round trip to the registry
+    for name, shape in (
+        ("release_and_acquire", lambda returns, picks: (len(returns), len(picks))),
+        ("release_many", lambda returns: (len(returns), 0)),
+    ):
+        recorded = getattr(registry, name)
+
+        async def recording(*args, _recorded=recorded, _shape=shape):  # type: ignore[no-untyped-def]
+            trips.append(_shape(*args))
+            return await _recorded(*args)
+
+        monkeypatch.setattr(registry, name, recording)
     requests, call = _open_route(scheduler)
     await requests.put(pb.RouteRequest(picks=_picks("m", "m", "m")))
     answers = [a async for r in _take(call, 3) for a in r]
@@ -116,6 +130,7 @@ async def test_releases_that_come_with_picks_are_given_back_before_them(
     await requests.put(pb.RouteRequest(picks=_picks("m", start=4), releases=releases))
     [answer] = [a async for r in _take(call, 1) for a in r]
     assert answer.id == 4 and answer.picked.node.id == busier
+    assert trips == [(0, 3), (2, 1)]  # the releases went in the pick's own round trip
     assert {n.id: n.in_flight for n in (await scheduler.nodes()).values()} == {"a": 1, "b": 1}
     assert scheduler.sample("cic_scheduler_releases_total", outcome="success") == 2
     await requests.put(None)

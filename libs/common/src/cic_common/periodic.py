@@ -25,13 +25,16 @@ async def every(
 _STOP_RETRY_S = 0.5
 
 
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+async def cancel_and_wait(task: asyncio.Task[Any] | None, grace_s: float = 0.0) -> None:
     """Cancels ``task`` (None: there is none) and waits for it to end, cancelling again while it
     runs on: a library that swallows one cancellation (redis-py's asyncio client can, on Python
-    3.11, as can ``asyncio.wait_for``) must not keep a shutdown waiting for ever. A failure the
-    task ended with is logged, not raised."""
+    3.11, as can ``asyncio.wait_for``) must not keep a shutdown waiting for ever. Given
+    ``grace_s``, the task first has that long to end on its own. A failure the task ended with
+    is logged, not raised."""
     if task is None:
         return
+    if grace_s > 0 and not task.done():
+        await asyncio.wait({task}, timeout=grace_s)
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=_STOP_RETRY_S)

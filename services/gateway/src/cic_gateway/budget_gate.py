@@ -87,9 +87,8 @@ class BudgetGate:
         )
 
     async def close(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def refresh(self) -> bool:
         """Reads the whole hash; False (and the last set kept) when Redis cannot be read."""

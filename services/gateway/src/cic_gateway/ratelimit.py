@@ -406,8 +406,7 @@ class RateLimiter:
             await asyncio.wait(set(self._settling), timeout=timeout_s)
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            await cancel_and_wait(self._renewer)
+        await cancel_and_wait(self._renewer)
         await self.wait_settled()
         await self._redis.aclose()
 

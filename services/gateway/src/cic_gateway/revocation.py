@@ -69,9 +69,8 @@ class Revocations:
                 await self._attempted.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._subscriber.aclose()
         await self._publisher.aclose()
 

@@ -19,7 +19,6 @@ An event billing refuses as malformed (``INVALID_ARGUMENT``, even alone) is move
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -39,6 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from cic.billing.v1 import billing_pb2, billing_pb2_grpc
+from cic_common.periodic import cancel_and_wait
 from cic_gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -175,10 +175,11 @@ class UsageOutbox:
         deadline = time.monotonic() + timeout_s
         self._stopping = True
         self._wakeup.set()
-        await _finish(self._appender, max(0.0, deadline - time.monotonic()) * 0.6)
-        if not self._delivering:
-            await _finish(self._forwarder, 0)
-        await _finish(self._forwarder, max(0.0, deadline - time.monotonic()) * 0.5)
+        await cancel_and_wait(self._appender, max(0.0, deadline - time.monotonic()) * 0.6)
+        if self._delivering:  # a delivery under way may finish
+            await cancel_and_wait(self._forwarder, max(0.0, deadline - time.monotonic()) * 0.5)
+        else:
+            await cancel_and_wait(self._forwarder)
         if self._memory:
             await self._send_directly(max(0.1, deadline - time.monotonic()))
         if self._memory:
@@ -395,16 +396,3 @@ def _parse(raw: tuple[bytes, dict[bytes, bytes]]) -> Entry:
         return entry_id, billing_pb2.UsageEvent.FromString(fields[FIELD])
     except (KeyError, DecodeError):
         return entry_id, None
-
-
-async def _finish(task: asyncio.Task[None] | None, timeout_s: float) -> None:
-    """Waits up to ``timeout_s`` for the task, then cancels it."""
-    if task is None or task.done():
-        return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            await asyncio.shield(task)
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task

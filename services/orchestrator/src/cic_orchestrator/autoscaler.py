@@ -72,9 +72,8 @@ class Autoscaler:
         self._loop = asyncio.create_task(self._run(), name="autoscaler")
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            await cancel_and_wait(self._loop)
-            self._loop = None
+        await cancel_and_wait(self._loop)
+        self._loop = None
         self._wants_more_since.clear()
         self._wants_fewer_since.clear()
         self._launched_at.clear()

@@ -122,7 +122,7 @@ class LeaderElection:
             return True
         except Exception as err:  # whatever the connection says, it does not hold the lock
             if self._connection is connection:
-                log.error("leader: lost the lock connection (%s); stepping down", err)
+                log.error("leader: lost the lock connection (%s); pausing the lead", err)
                 self._connection = None
                 await _close(connection)
             return False

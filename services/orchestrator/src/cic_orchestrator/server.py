@@ -221,9 +221,8 @@ class OrchestratorService:
         if self._started:
             await self.grpc.stop(self.settings.shutdown_grace_s)
             self._started = False
-        if self._leadership is not None:
-            await cancel_and_wait(self._leadership)
-            self._leadership = None
+        await cancel_and_wait(self._leadership)
+        self._leadership = None
         if self.autoscaler is not None:
             await self.autoscaler.stop()
         if self.supervisor is not None:

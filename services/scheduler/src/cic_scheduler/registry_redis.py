@@ -256,8 +256,6 @@ class RedisNodeRegistry(NodeRegistry):
         self, picks: Sequence[tuple[PickRequest, Policy]]
     ) -> list[Lease | SchedulerError]:
         """Every pick its own script (atomic each), all sent in one round trip."""
-        if len(picks) == 1:
-            return await super().acquire_many(picks)
         return (await self.release_and_acquire((), picks))[1]
 
     async def release(self, lease_id: str, outcome: Outcome) -> Release:

@@ -113,8 +113,7 @@ class RouteSession:
         )
         if not given_back:  # the registry is unavailable: tried again on their own
             self._releases = returns + self._releases
-            self._give_back_soon()
-        elif not self._picks:  # releases read meanwhile go with the next picks, if any wait
+        if not given_back or not self._picks:  # else they go with the picks waiting
             self._give_back_soon()
         answers = []
         for (pick_id, _), result in zip(batch, results, strict=True):

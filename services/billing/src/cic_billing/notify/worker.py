@@ -18,6 +18,7 @@ from cic_billing.metrics import BillingMetrics
 from cic_billing.notify.channels import ChannelType
 from cic_billing.notify.deliveries import Claimed, DeliveryStore, retry_delay_s
 from cic_billing.notify.senders import Sender, SendResult
+from cic_common.periodic import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,7 @@ class DeliveryWorker:
             return
         self._stopping = True
         self._wakeup.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await asyncio.shield(task)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task, grace_s=timeout_s)
 
     async def _run(self) -> None:
         while not self._stopping:
