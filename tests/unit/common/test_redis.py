@@ -1,8 +1,16 @@
-"""The shared Redis client waits for a free connection instead of failing under load."""
+"""The shared Redis client waits for a free connection instead of failing under load; the
+script runner runs scripts in one round trip and survives what Redis does to its connections."""
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 
-from cic_common.redis import create_redis
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from cic_common.redis import ScriptRunner, create_redis
+from tests.unit.gateway.tcp_relay import TcpRelay
 
 
 async def test_more_calls_than_connections_all_succeed(redis_url: str, redis_prefix: str) -> None:
@@ -13,3 +21,94 @@ async def test_more_calls_than_connections_all_succeed(redis_url: str, redis_pre
         assert client.connection_pool.max_connections == 4
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Redis]:
+    client = create_redis(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_script_runner_runs_every_script_in_order_in_one_round_trip(
+    client: Redis, redis_prefix: str
+) -> None:
+    incr = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    fail = client.register_script("return redis.error_reply('no such thing')")
+    runner = ScriptRunner(client, timeout_s=2.0)
+    try:
+        key = f"{redis_prefix}n"
+        replies = await runner.run([(incr, [key], [2]), (fail, [], []), (incr, [key], [3])])
+        assert replies[0] == 2 and replies[2] == 5
+        assert isinstance(replies[1], ResponseError) and "no such thing" in str(replies[1])
+        # the connection stayed in step after the error reply
+        assert await runner.run([(incr, [key], [1])]) == [6]
+    finally:
+        await runner.aclose()
+
+
+async def test_script_runner_loads_scripts_redis_forgot_and_runs_them_once(
+    client: Redis, redis_prefix: str
+) -> None:
+    key = f"{redis_prefix}n"
+    # A script of this test's own, so that flushing it does not touch another test's scripts.
+    incr = client.register_script(f"return redis.call('INCR', KEYS[1]) -- {redis_prefix}")
+    runner = ScriptRunner(client, timeout_s=2.0)
+    try:
+        assert await runner.run([(incr, [key], [])]) == [1]
+        await client.script_flush()
+        assert await runner.run([(incr, [key], []), (incr, [key], [])]) == [2, 3]
+        assert int(await client.get(key)) == 3
+    finally:
+        await runner.aclose()
+
+
+async def test_script_runner_connects_again_after_redis_drops_its_connections(
+    redis_url: str, redis_prefix: str
+) -> None:
+    relay = await TcpRelay(redis_url).start()
+    client = create_redis(relay.url)
+    key = f"{redis_prefix}n"
+    incr = client.register_script("return redis.call('INCR', KEYS[1])")
+    runner = ScriptRunner(client, timeout_s=2.0)
+    try:
+        assert await runner.run([(incr, [key], [])]) == [1]
+        await relay.cut()  # what a Redis restart does to the idle connection
+        await relay.restore()
+        assert await runner.run([(incr, [key], [])]) == [2]  # sent again on a new connection
+        await relay.cut()
+        with pytest.raises((OSError, RedisError)):
+            await runner.run([(incr, [key], [])])
+        await relay.restore()
+        assert await runner.run([(incr, [key], [])]) == [3]  # the same runner connects again
+        assert int(await client.get(key)) == 3
+    finally:
+        await runner.aclose()
+        await client.aclose()
+        await relay.cut()
+
+
+async def test_script_runner_gives_up_at_its_deadline() -> None:
+    """A server that takes connections and never answers: the batch ends at the deadline."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = create_redis(f"redis://127.0.0.1:{port}/0")
+    script = client.register_script("return 1")
+    runner = ScriptRunner(client, timeout_s=0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await runner.run([(script, [], [])])
+        assert time.monotonic() - started < 1.5
+    finally:
+        await runner.aclose()
+        await client.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from cic_common.grpc_client import create_channel
 from cic_common.redis import create_redis
@@ -67,14 +68,16 @@ async def node_health() -> AsyncIterator[FakeNodeHealth]:
 async def make_registry(redis_url: str, redis_prefix: str) -> AsyncIterator[MakeRegistry]:
     """Builds registries on the test's key prefix (replicas of one another), with settings from
     keyword arguments (lease TTL 60 s, breaker after 3 failures and open 10 s by default)."""
-    clients = []
+    made: list[tuple[RedisNodeRegistry, Redis]] = []
 
     def make(**options: Any) -> RedisNodeRegistry:
         client = create_redis(redis_url)
-        clients.append(client)
         options = {"lease_ttl_s": 60.0, "breaker_failures": 3, "breaker_open_s": 10.0, **options}
-        return RedisNodeRegistry(client, redis_prefix, **options)
+        registry = RedisNodeRegistry(client, redis_prefix, **options)
+        made.append((registry, client))
+        return registry
 
     yield make
-    for client in clients:
+    for registry, client in made:
+        await registry.aclose()
         await client.aclose()

@@ -88,6 +88,10 @@ class NodeRegistry(ABC):
         return released, await self.acquire_many(picks)
 
     @abstractmethod
+    async def aclose(self) -> None:
+        """Closes what the registry opened itself (not the clients it was given)."""
+
+    @abstractmethod
     async def expire_leases(self) -> list[ExpiredLease]:
         """Gives back every lease older than its TTL (a lost half-open trial re-opens its
         node's breaker); returns them."""

@@ -20,8 +20,9 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
+from cic_common.redis import ScriptRunner
 from cic_scheduler.nodes import (
     BreakerState,
     ExpiredLease,
@@ -56,6 +57,8 @@ _SCRIPTS = (
     "reindex",
 )
 _EXPIRE_BATCH = 500
+# Deadline of one round trip of picks and releases.
+_HOT_PATH_TIMEOUT_S = 2.0
 
 
 def _script_source(name: str) -> str:
@@ -95,39 +98,24 @@ class RedisNodeRegistry(NodeRegistry):
         self._breaker_open_s = breaker_open_s
         self._clock = clock
         self._scripts = {name: redis.register_script(_script_source(name)) for name in _SCRIPTS}
+        self._hot_path = ScriptRunner(redis, _HOT_PATH_TIMEOUT_S)
+
+    async def aclose(self) -> None:
+        await self._hot_path.aclose()
 
     async def _run(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
         with _reachable():
             return await self._scripts[name](keys=list(keys), args=[self.prefix, *args])
 
     async def _run_many(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """Each ``(script name, keys, args)`` run once, all in one round trip (each run atomic).
-
-        EVALSHA straight into the pipeline: redis-py's own pipelined scripts cost a SCRIPT EXISTS
-        round trip before every pipeline. Runs Redis answers NOSCRIPT for (it lost its scripts:
-        a restart, SCRIPT FLUSH) did not run; they are sent again once their script is loaded."""
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for i in pending:
-                    name, keys, args = calls[i]
-                    pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
-                answers = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, answer in zip(pending, answers, strict=True):
-                if isinstance(answer, NoScriptError) and attempt == 0:
-                    missing.append(i)
-                elif isinstance(answer, Exception):
-                    raise answer
-                else:
-                    replies[i] = answer
-            if not missing:
-                break
-            for name in sorted({calls[i][0] for i in missing}):
-                script = self._scripts[name]
-                script.sha = await self._redis.script_load(script.script)
-            pending = missing
+        """Each ``(script name, keys, args)`` run once, all in one round trip (each run atomic),
+        on the hot path's own connections."""
+        replies = await self._hot_path.run(
+            [(self._scripts[name], keys, args) for name, keys, args in calls]
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return replies
 
     def _view(self, reply: Sequence[Any], now: float) -> NodeView:
@@ -246,11 +234,10 @@ class RedisNodeRegistry(NodeRegistry):
         return Lease(lease_id=lease_id, node=self._view(reply[1], now), trial=bool(reply[2]))
 
     async def acquire(self, request: PickRequest, policy: Policy) -> Lease:
-        now = self._clock()
-        lease_id, keys, args = self._pick_call(request, policy, now)
-        with _reachable():
-            reply = await self._scripts["pick"](keys=keys, args=args)
-        return self._picked(request, lease_id, reply, now)
+        [result] = await self.acquire_many([(request, policy)])
+        if isinstance(result, SchedulerError):
+            raise result
+        return result
 
     async def acquire_many(
         self, picks: Sequence[tuple[PickRequest, Policy]]
@@ -269,8 +256,6 @@ class RedisNodeRegistry(NodeRegistry):
         self, returns: Sequence[tuple[str, Outcome]], picks: Sequence[tuple[PickRequest, Policy]]
     ) -> tuple[list[Release], list[Lease | SchedulerError]]:
         """The releases, then the picks, each its own script, all in one round trip."""
-        if not returns and len(picks) == 1:
-            return [], await super().acquire_many(picks)  # one script call, no pipeline
         now = self._clock()
         calls: list[tuple[str, list[str], list[Any]]] = [
             ("release", [], [self.prefix, lease_id, outcome.value, now, self._breaker_failures])

@@ -91,6 +91,7 @@ class SchedulerService:
             await task.stop()
         await self.leadership.give_up()
         await self._session.close()
+        await self.scheduler.registry.aclose()
         await self.redis.aclose()
 
 
