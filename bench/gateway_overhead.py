@@ -40,6 +40,8 @@ from cic_devstack.stack import Stack
 
 MODEL = "cic-sim-small"
 SIM_ARGS = ("--ttft-ms", "0", "--itl-ms", "0")
+# Requests and tokens per minute of the bench key: never reached, but checked on every request.
+UNREACHED_LIMIT = 1_000_000_000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--concurrency", type=int, default=32, help="connections of the throughput phase")
     add("--max-tokens", type=int, default=16, help="max_tokens of every request (default 16)")
     add("--modes", default="unary,stream", help="comma-separated: unary, stream")
+    add(
+        "--no-rate-limits",
+        dest="rate_limits",
+        action="store_false",
+        help="a key without limits (by default the key has requests and tokens per minute limits"
+        " too high ever to refuse, so every request runs the limiter's scripts as a tenant's does)",
+    )
     add("--pin", action="store_true", help="load generator on CPU 0, the servers on the rest")
     add("--log-dir", type=Path, default=None, help="keep the services' logs in this folder")
     return parser.parse_args(argv)
@@ -94,12 +103,13 @@ async def _platform(
             print(f"WARNING: services did not exit cleanly: {codes} (logs in {log_dir})")
 
 
-async def _targets(stack: Stack) -> tuple[Target, Target]:
+async def _targets(stack: Stack, rate_limits: bool) -> tuple[Target, Target]:
     """The node itself and the gateway, with a key made through the admin API."""
+    limits = {"rpm_limit": UNREACHED_LIMIT, "tpm_limit": UNREACHED_LIMIT} if rate_limits else {}
     async with aiohttp.ClientSession() as session:
         admin = AdminClient(session, stack.gateway_url, stack.config.admin_token)
         tenant = await admin.create_tenant("bench", f"bench-{secrets.token_hex(4)}@example.com")
-        key = (await admin.create_key(tenant["id"], "bench"))["key"]
+        key = (await admin.create_key(tenant["id"], "bench", **limits))["key"]
         nodes = await admin.list_nodes()
     node = urlsplit(nodes[0]["endpoint"])
     gateway = urlsplit(stack.gateway_url)
@@ -159,8 +169,12 @@ async def main(args: argparse.Namespace) -> int:
                 fresh_database(pg_server) as database_url,
                 _platform(database_url, redis_url, log_dir, args.pin) as stack,
             ):
-                direct, gateway = await _targets(stack)
-                print(f"platform up; node {direct.host}:{direct.port}, gateway {stack.gateway_url}")
+                direct, gateway = await _targets(stack, args.rate_limits)
+                limits = "limits checked" if args.rate_limits else "no limits"
+                print(
+                    f"platform up; node {direct.host}:{direct.port}, gateway {stack.gateway_url};"
+                    f" key with {limits}"
+                )
                 figures = await _measure(stack, (direct, gateway), args)
     return print_report(figures, pinned=args.pin, cpus=cpus)
 

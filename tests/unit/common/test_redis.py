@@ -47,6 +47,25 @@ async def test_script_runner_runs_every_script_in_order_in_one_round_trip(
         await runner.aclose()
 
 
+async def test_script_runner_keeps_to_its_connections_under_many_callers(
+    redis_url: str, redis_prefix: str
+) -> None:
+    name = f"runner-{redis_prefix.strip(':')}"
+    client = create_redis(f"{redis_url}{'&' if '?' in redis_url else '?'}client_name={name}")
+    incr = client.register_script("return redis.call('INCR', KEYS[1])")
+    await client.script_load(incr.script)  # on the client's own (pooled) connection
+    runner = ScriptRunner(client, timeout_s=5.0, max_connections=2)
+    key = f"{redis_prefix}n"
+    try:
+        replies = await asyncio.gather(*(runner.run([(incr, [key], [])]) for _ in range(50)))
+        assert sorted(r[0] for r in replies) == list(range(1, 51))
+        clients = await client.client_list()
+        assert len([c for c in clients if c["name"] == name]) == 1 + 2  # the pool's, the runner's
+    finally:
+        await runner.aclose()
+        await client.aclose()
+
+
 async def test_script_runner_loads_scripts_redis_forgot_and_runs_them_once(
     client: Redis, redis_prefix: str
 ) -> None:

@@ -44,20 +44,21 @@ class ScriptRunner:
     for scripts costs about 70 µs. Each batch gets one deadline of ``timeout_s``.
 
     A connection is taken from this runner's idle ones (or made from the client's connection
-    settings: address, TLS, credentials, database) and put back after the batch; a batch that
-    fails or is cancelled disconnects it. An idle connection is checked with a PING before use
-    after the client's health-check interval, as redis-py's own are, and a batch whose idle
-    connection turns out closed (Redis restarted) is sent once more on a new one, as redis-py
-    retries its own; like there, a connection lost after Redis ran the batch makes it run twice
-    (a pick's extra lease then ends at its TTL). A script Redis no longer knows (a restart,
-    SCRIPT FLUSH) is loaded again and its runs sent again: Redis answered NOSCRIPT, so they did
-    not run."""
+    settings: address, TLS, credentials, database) and put back after the batch; at most
+    ``max_connections`` batches are under way at once (more wait, within their deadline, for
+    one to end). A batch that fails or is cancelled disconnects its connection. An idle
+    connection is checked with a PING before use after the client's health-check interval, as
+    redis-py's own are, and a batch whose idle connection turns out closed (Redis restarted) is
+    sent once more on a new one, as redis-py retries its own; like there, a connection lost
+    after Redis ran the batch makes it run twice (a pick's extra lease then ends at its TTL). A
+    script Redis no longer knows (a restart, SCRIPT FLUSH) is loaded again and its runs sent
+    again: Redis answered NOSCRIPT, so they did not run."""
 
-    def __init__(self, redis: Redis, timeout_s: float, max_idle: int = 8) -> None:
+    def __init__(self, redis: Redis, timeout_s: float, max_connections: int = 32) -> None:
         self._redis = redis
         self._timeout_s = timeout_s
-        self._max_idle = max_idle
         self._idle: list[AbstractConnection] = []
+        self._slots = asyncio.Semaphore(max_connections)
 
     def _new_connection(self) -> AbstractConnection:
         pool = self._redis.connection_pool
@@ -86,7 +87,7 @@ class ScriptRunner:
         return replies
 
     async def _round_trip(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        async with asyncio.timeout(self._timeout_s):
+        async with asyncio.timeout(self._timeout_s), self._slots:
             if self._idle:
                 conn = self._idle.pop()
                 try:
@@ -108,10 +109,7 @@ class ScriptRunner:
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
-        if len(self._idle) < self._max_idle:
-            self._idle.append(conn)
-        else:
-            await conn.disconnect()
+        self._idle.append(conn)
         return answers
 
     async def aclose(self) -> None:

@@ -54,6 +54,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from cic_common.periodic import cancel_and_wait
+from cic_common.redis import ScriptRunner
 from cic_gateway.errors import SERVER_ERROR, ApiError
 from cic_gateway.metrics import GatewayMetrics
 from cic_gateway.ratelimit_http import (
@@ -168,7 +169,8 @@ class RateLimiter:
         self._renewer: asyncio.Task[None] | None = None
         self._clock = clock
         script = files("cic_gateway").joinpath("ratelimit.lua").read_text()
-        self._script = redis.register_script(script)  # EVALSHA, loading it on NOSCRIPT
+        self._script = redis.register_script(script)
+        self._scripts = ScriptRunner(redis, timeout_s)  # EVALSHA, loading it on NOSCRIPT
         self._paused_until = 0.0
         self._outage = _OutageLog(clock)
         self._settling: set[asyncio.Task[None]] = set()
@@ -379,8 +381,9 @@ class RateLimiter:
             args += [slot.limit, member if isinstance(member, str) else member[i]]
         keys = [b.redis_key for b in buckets] + [slot.redis_key for slot in slots]
         try:
-            async with asyncio.timeout(self._timeout_s):
-                reply = await self._script(keys=keys, args=args)
+            [reply] = await self._scripts.run([(self._script, keys, args)])
+            if isinstance(reply, RedisError):
+                raise reply
         except (RedisError, OSError, TimeoutError) as err:
             self._paused_until = self._clock() + PAUSE_AFTER_FAILURE_S
             return self._failed(operation, err)
@@ -408,6 +411,7 @@ class RateLimiter:
     async def close(self) -> None:
         await cancel_and_wait(self._renewer)
         await self.wait_settled()
+        await self._scripts.aclose()
         await self._redis.aclose()
 
 
@@ -445,9 +449,9 @@ def create_rate_limiter_redis(url: str, timeout_s: float) -> Redis:
     """A client of its own for the request path: short timeouts and no retries, so that a Redis
     that is down costs a request ``timeout_s`` at most (and then nothing, for a while).
 
-    Reads have no socket timeout of their own: every call is already bounded by the limiter's
-    ``asyncio.timeout`` (a timed-out call drops its connection), and a second timer per read
-    would cost each request's check tens of microseconds for nothing."""
+    Reads have no socket timeout of their own: every script call is already bounded by the
+    limiter's :class:`ScriptRunner` deadline (a timed-out call drops its connection), and a
+    second timer per read would cost each request's check tens of microseconds for nothing."""
     return Redis.from_url(
         url,
         socket_connect_timeout=timeout_s,

@@ -34,8 +34,11 @@ class AdminClient:
                 return tenant
         return None
 
-    async def create_key(self, tenant_id: str, name: str, role: str = "developer") -> dict:
-        fields = {"name": name, "role": role}
+    async def create_key(
+        self, tenant_id: str, name: str, role: str = "developer", **limits: int
+    ) -> dict:
+        """A new key; ``limits`` are its ``rpm_limit`` / ``tpm_limit`` when given."""
+        fields = {"name": name, "role": role, **limits}
         status, body = await self._call("POST", f"/admin/tenants/{tenant_id}/keys", fields)
         if status != 201 or not isinstance(body, dict):
             raise RuntimeError(f"creating a key answered {status}: {body}")
