@@ -33,6 +33,8 @@ def create_redis(url: str, max_connections: int = 64, timeout_s: float = 2.0) ->
 
 # One script run: the script, its keys and its arguments.
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]
+# Calls sent in one round trip at most by ScriptRunner.call; more wait for the next.
+MAX_BATCH = 256
 
 
 class ScriptRunner:
@@ -59,6 +61,38 @@ class ScriptRunner:
         self._timeout_s = timeout_s
         self._idle: list[AbstractConnection] = []
         self._slots = asyncio.Semaphore(max_connections)
+        self._queued: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One script's reply (raising its ``ResponseError``, or the batch's error). Calls made
+        while an earlier batch of calls is in Redis go together in the next one, so a busy
+        caller pays a round trip per batch, not per call; an idle one sends at once. The wait
+        is bounded by ``timeout_s`` (the batch may still run the script after it)."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append(((script, keys, args), answer))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_queued())
+        async with asyncio.timeout(self._timeout_s):
+            reply = await answer
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def _send_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+            try:
+                replies = await self.run([call for call, _ in batch])
+            except Exception as err:  # every call of the batch fails with it
+                replies = [err] * len(batch)
+            for (_, answer), reply in zip(batch, replies, strict=True):
+                if answer.done():
+                    continue
+                if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                    answer.set_exception(reply)
+                else:
+                    answer.set_result(reply)
 
     def _new_connection(self) -> AbstractConnection:
         pool = self._redis.connection_pool
@@ -113,6 +147,8 @@ class ScriptRunner:
         return answers
 
     async def aclose(self) -> None:
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.disconnect()

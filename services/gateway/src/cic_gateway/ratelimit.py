@@ -170,7 +170,8 @@ class RateLimiter:
         self._clock = clock
         script = files("cic_gateway").joinpath("ratelimit.lua").read_text()
         self._script = redis.register_script(script)
-        self._scripts = ScriptRunner(redis, timeout_s)  # EVALSHA, loading it on NOSCRIPT
+        # EVALSHA (loading it on NOSCRIPT); calls made meanwhile share a round trip
+        self._scripts = ScriptRunner(redis, timeout_s)
         self._paused_until = 0.0
         self._outage = _OutageLog(clock)
         self._settling: set[asyncio.Task[None]] = set()
@@ -381,9 +382,7 @@ class RateLimiter:
             args += [slot.limit, member if isinstance(member, str) else member[i]]
         keys = [b.redis_key for b in buckets] + [slot.redis_key for slot in slots]
         try:
-            [reply] = await self._scripts.run([(self._script, keys, args)])
-            if isinstance(reply, RedisError):
-                raise reply
+            reply = await self._scripts.call(self._script, keys, args)
         except (RedisError, OSError, TimeoutError) as err:
             self._paused_until = self._clock() + PAUSE_AFTER_FAILURE_S
             return self._failed(operation, err)
