@@ -57,8 +57,8 @@ _SCRIPTS = (
     "reindex",
 )
 _EXPIRE_BATCH = 500
-# Deadline of one round trip of picks and releases.
-_HOT_PATH_TIMEOUT_S = 2.0
+# Deadline of one round trip of scripts.
+_SCRIPT_TIMEOUT_S = 2.0
 
 
 def _script_source(name: str) -> str:
@@ -98,19 +98,20 @@ class RedisNodeRegistry(NodeRegistry):
         self._breaker_open_s = breaker_open_s
         self._clock = clock
         self._scripts = {name: redis.register_script(_script_source(name)) for name in _SCRIPTS}
-        self._hot_path = ScriptRunner(redis, _HOT_PATH_TIMEOUT_S)
+        self._runner = ScriptRunner(redis, _SCRIPT_TIMEOUT_S)
 
     async def aclose(self) -> None:
-        await self._hot_path.aclose()
+        await self._runner.aclose()
 
     async def _run(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
+        """One script's reply; calls made meanwhile share its round trip."""
         with _reachable():
-            return await self._scripts[name](keys=list(keys), args=[self.prefix, *args])
+            return await self._runner.call(self._scripts[name], keys, [self.prefix, *args])
 
     async def _run_many(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
         """Each ``(script name, keys, args)`` run once, all in one round trip (each run atomic),
-        on the hot path's own connections."""
-        replies = await self._hot_path.run(
+        on the script runner's own connections."""
+        replies = await self._runner.run(
             [(self._scripts[name], keys, args) for name, keys, args in calls]
         )
         for reply in replies:
