@@ -98,6 +98,22 @@ async def test_calls_made_together_share_a_round_trip_and_each_gets_its_own_repl
         await runner.aclose()
 
 
+async def test_a_call_given_up_before_it_was_sent_is_not_sent(
+    client: Redis, redis_prefix: str
+) -> None:
+    incr = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    runner = ScriptRunner(client, timeout_s=5.0)
+    key = f"{redis_prefix}n"
+    try:
+        given_up = asyncio.create_task(runner.call(incr, [key], [1]))
+        await asyncio.sleep(0)  # queued; the batch has not left yet
+        given_up.cancel()
+        assert await runner.call(incr, [key], [1]) == 1  # the same batch, without the first
+        assert given_up.cancelled()
+    finally:
+        await runner.aclose()
+
+
 async def test_script_runner_loads_scripts_redis_forgot_and_runs_them_once(
     client: Redis, redis_prefix: str
 ) -> None:

@@ -72,7 +72,8 @@ class ScriptRunner:
         """One script's reply (raising its ``ResponseError``, or the batch's error). Calls made
         while an earlier batch of calls is in Redis go together in the next one, so a busy
         caller pays a round trip per batch, not per call; an idle one sends at once. The wait
-        is bounded by ``timeout_s`` (the batch may still run the script after it)."""
+        is bounded by ``timeout_s``; a call whose caller gave up (cancelled, timed out) before
+        it was sent is not sent, one already sent may still run."""
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append(((script, keys, args), answer))
         if self._sender is None or self._sender.done():
@@ -86,6 +87,9 @@ class ScriptRunner:
     async def _send_queued(self) -> None:
         while self._queued:
             batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+            batch = [(call, answer) for call, answer in batch if not answer.done()]
+            if not batch:  # every caller gave up before its call was sent: none is
+                continue
             try:
                 replies = await self.run([call for call, _ in batch])
             except Exception as err:  # every call of the batch fails with it
