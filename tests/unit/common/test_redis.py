@@ -31,21 +31,24 @@ async def client(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+@pytest.fixture
+async def runner(client: Redis) -> AsyncIterator[ScriptRunner]:
+    runner = ScriptRunner(client, timeout_s=5.0)
+    yield runner
+    await runner.aclose()
+
+
 async def test_script_runner_runs_every_script_in_order_in_one_round_trip(
-    client: Redis, redis_prefix: str
+    client: Redis, runner: ScriptRunner, redis_prefix: str
 ) -> None:
     incr = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     fail = client.register_script("return redis.error_reply('no such thing')")
-    runner = ScriptRunner(client, timeout_s=2.0)
-    try:
-        key = f"{redis_prefix}n"
-        replies = await runner.run([(incr, [key], [2]), (fail, [], []), (incr, [key], [3])])
-        assert replies[0] == 2 and replies[2] == 5
-        assert isinstance(replies[1], ResponseError) and "no such thing" in str(replies[1])
-        # the connection stayed in step after the error reply
-        assert await runner.run([(incr, [key], [1])]) == [6]
-    finally:
-        await runner.aclose()
+    key = f"{redis_prefix}n"
+    replies = await runner.run([(incr, [key], [2]), (fail, [], []), (incr, [key], [3])])
+    assert replies[0] == 2 and replies[2] == 5
+    assert isinstance(replies[1], ResponseError) and "no such thing" in str(replies[1])
+    # the connection stayed in step after the error reply
+    assert await runner.run([(incr, [key], [1])]) == [6]
 
 
 async def test_script_runner_keeps_to_its_connections_under_many_callers(
@@ -99,35 +102,27 @@ async def test_calls_made_together_share_a_round_trip_and_each_gets_its_own_repl
 
 
 async def test_a_call_given_up_before_it_was_sent_is_not_sent(
-    client: Redis, redis_prefix: str
+    client: Redis, runner: ScriptRunner, redis_prefix: str
 ) -> None:
     incr = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
-    runner = ScriptRunner(client, timeout_s=5.0)
     key = f"{redis_prefix}n"
-    try:
-        given_up = asyncio.create_task(runner.call(incr, [key], [1]))
-        await asyncio.sleep(0)  # queued; the batch has not left yet
-        given_up.cancel()
-        assert await runner.call(incr, [key], [1]) == 1  # the same batch, without the first
-        assert given_up.cancelled()
-    finally:
-        await runner.aclose()
+    given_up = asyncio.create_task(runner.call(incr, [key], [1]))
+    await asyncio.sleep(0)  # queued; the batch has not left yet
+    given_up.cancel()
+    assert await runner.call(incr, [key], [1]) == 1  # the same batch, without the first
+    assert given_up.cancelled()
 
 
 async def test_script_runner_loads_scripts_redis_forgot_and_runs_them_once(
-    client: Redis, redis_prefix: str
+    client: Redis, runner: ScriptRunner, redis_prefix: str
 ) -> None:
     key = f"{redis_prefix}n"
-    # A script of this test's own, so that flushing it does not touch another test's scripts.
+    # A script of this test's own (its own SHA): no other test loads it again after the flush.
     incr = client.register_script(f"return redis.call('INCR', KEYS[1]) -- {redis_prefix}")
-    runner = ScriptRunner(client, timeout_s=2.0)
-    try:
-        assert await runner.run([(incr, [key], [])]) == [1]
-        await client.script_flush()
-        assert await runner.run([(incr, [key], []), (incr, [key], [])]) == [2, 3]
-        assert int(await client.get(key)) == 3
-    finally:
-        await runner.aclose()
+    assert await runner.run([(incr, [key], [])]) == [1]
+    await client.script_flush()
+    assert await runner.run([(incr, [key], []), (incr, [key], [])]) == [2, 3]
+    assert int(await client.get(key)) == 3
 
 
 async def test_script_runner_connects_again_after_redis_drops_its_connections(
