@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from cic.scheduler.v1 import scheduler_pb2 as pb
+from cic_common.redis import create_redis
 from cic_scheduler.nodes import (
     BreakerState,
     LoadSample,
@@ -175,16 +176,19 @@ async def test_a_node_that_moves_region_or_model_leaves_its_old_ranking(
 
 
 async def test_an_index_lost_or_written_before_it_existed_is_rebuilt_at_start(
-    make_registry: MakeRegistry, redis_prefix: str
+    make_registry: MakeRegistry, redis_url: str
 ) -> None:
     registry: RedisNodeRegistry = make_registry()
     for node_id in ("a", "b"):
         await registry.register(NodeSpec(node_id, "m", f"http://{node_id}:1"))
     held = await registry.acquire(PickRequest("m"), LEAST)
-    redis = registry._redis
-    index = [k async for k in redis.scan_iter(f"{registry.prefix}ready:*")]
-    assert index
-    await redis.delete(*index)
+    redis = create_redis(redis_url)
+    try:
+        index = [k async for k in redis.scan_iter(f"{registry.prefix}ready:*")]
+        assert index
+        await redis.delete(*index)
+    finally:
+        await redis.aclose()
     with pytest.raises(NoReadyNode):
         await registry.acquire(PickRequest("m"), LEAST)
     assert await registry.reindex(SCORING) == 2

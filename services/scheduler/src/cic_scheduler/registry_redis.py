@@ -91,7 +91,6 @@ class RedisNodeRegistry(NodeRegistry):
         breaker_open_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._redis = redis
         self.prefix = f"{key_prefix}scheduler:"
         self._lease_ttl_s = lease_ttl_s
         self._breaker_failures = breaker_failures
