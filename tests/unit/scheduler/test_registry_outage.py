@@ -50,9 +50,13 @@ async def test_an_unreachable_registry_is_unavailable_on_every_path(
         assert err.code() == grpc.StatusCode.UNAVAILABLE, err
         assert "registry is unavailable" in (err.details() or "")
 
-    # On the stream the pick is answered, with the same status; the stream stays open.
+    # On the stream the pick is answered, with the same status, and the release that came with
+    # it waits to be tried again; the stream stays open.
     await requests.put(
-        pb.RouteRequest(picks=[pb.RoutePick(id=7, request=pb.PickNodeRequest(model="m"))])
+        pb.RouteRequest(
+            picks=[pb.RoutePick(id=7, request=pb.PickNodeRequest(model="m"))],
+            releases=[pb.ReleaseNodeRequest(lease_id=lease.lease_id)],
+        )
     )
     response = await asyncio.wait_for(route.read(), 10)
     [answer] = response.picks

@@ -102,7 +102,7 @@ class NodeScheduler:
         started = time.perf_counter()
         policies = [self._policies.for_model(r.model) for r in requests]
         pairs = [(r.lease_id, r.outcome) for r in returns]
-        released: list[Release] = []
+        released: list[Release] | None = None  # None: not given back
         results: list[Lease | SchedulerError]
         try:
             released, results = await self.registry.release_and_acquire(
@@ -114,9 +114,11 @@ class NodeScheduler:
         for request, policy, result in zip(requests, policies, results, strict=True):
             self._metrics.pick_seconds.observe(elapsed)
             self._account_pick(request, policy.name, result)
+        if released is None:
+            return False, results
         for given_back, release in zip(returns, released, strict=True):
             await self._account(given_back, release)
-        return len(released) == len(returns), results
+        return True, results
 
     def _account_pick(
         self, request: PickRequest, policy: str, result: Lease | SchedulerError
