@@ -50,42 +50,40 @@ class NodeRegistry(ABC):
         """Every node (of ``model``, when given), ordered by id."""
 
     @abstractmethod
+    async def release_and_acquire(
+        self, returns: Sequence[tuple[str, Outcome]], picks: Sequence[tuple[PickRequest, Policy]]
+    ) -> tuple[list[Release], list[Lease | SchedulerError]]:
+        """Gives back each ``(lease_id, outcome)`` of ``returns`` as :meth:`release` does, then
+        takes each ``(request, policy)`` of ``picks`` as :meth:`acquire` does (seeing the slots
+        just given back), each atomic on its own; a pick that fails gives its error in its
+        place instead of raising."""
+
     async def acquire(self, request: PickRequest, policy: Policy) -> Lease:
         """Lets ``policy`` choose among the nodes that may serve ``request`` (ready, breaker
         closed or admitting its half-open trial, not excluded) and takes a slot on the chosen
         one, atomically. Raises ``ModelNotServed`` when no node of the model is
         launching, ready or draining, ``NoReadyNode`` when none of them may take it."""
+        [result] = await self.acquire_many([(request, policy)])
+        if isinstance(result, SchedulerError):
+            raise result
+        return result
 
     async def acquire_many(
         self, picks: Sequence[tuple[PickRequest, Policy]]
     ) -> list[Lease | SchedulerError]:
         """Like :meth:`acquire` for each ``(request, policy)`` in order, each atomic on its own;
         a pick that fails gives its error in its place instead of raising."""
-        results: list[Lease | SchedulerError] = []
-        for request, policy in picks:
-            try:
-                results.append(await self.acquire(request, policy))
-            except SchedulerError as err:
-                results.append(err)
-        return results
+        return (await self.release_and_acquire((), picks))[1]
 
-    @abstractmethod
     async def release(self, lease_id: str, outcome: Outcome) -> Release:
         """Gives a lease back (an unknown or expired one is ignored) and counts the outcome:
         consecutive node errors open the node's breaker, a success resets the count; the
         half-open trial's success closes the breaker and its node error re-opens it."""
+        return (await self.release_many([(lease_id, outcome)]))[0]
 
     async def release_many(self, returns: Sequence[tuple[str, Outcome]]) -> list[Release]:
         """Like :meth:`release` for each ``(lease_id, outcome)`` in order."""
-        return [await self.release(lease_id, outcome) for lease_id, outcome in returns]
-
-    async def release_and_acquire(
-        self, returns: Sequence[tuple[str, Outcome]], picks: Sequence[tuple[PickRequest, Policy]]
-    ) -> tuple[list[Release], list[Lease | SchedulerError]]:
-        """:meth:`release_many` of ``returns``, then :meth:`acquire_many` of ``picks`` (which
-        see the slots just given back)."""
-        released = await self.release_many(returns) if returns else []
-        return released, await self.acquire_many(picks)
+        return (await self.release_and_acquire(returns, ()))[0]
 
     @abstractmethod
     async def aclose(self) -> None:

@@ -233,29 +233,10 @@ class RedisNodeRegistry(NodeRegistry):
             raise NoReadyNode(request.model)
         return Lease(lease_id=lease_id, node=self._view(reply[1], now), trial=bool(reply[2]))
 
-    async def acquire(self, request: PickRequest, policy: Policy) -> Lease:
-        [result] = await self.acquire_many([(request, policy)])
-        if isinstance(result, SchedulerError):
-            raise result
-        return result
-
-    async def acquire_many(
-        self, picks: Sequence[tuple[PickRequest, Policy]]
-    ) -> list[Lease | SchedulerError]:
-        """Every pick its own script (atomic each), all sent in one round trip."""
-        return (await self.release_and_acquire((), picks))[1]
-
-    async def release(self, lease_id: str, outcome: Outcome) -> Release:
-        return (await self.release_many([(lease_id, outcome)]))[0]
-
-    async def release_many(self, returns: Sequence[tuple[str, Outcome]]) -> list[Release]:
-        """Every release its own script (atomic each), all sent in one round trip."""
-        return (await self.release_and_acquire(returns, ()))[0]
-
     async def release_and_acquire(
         self, returns: Sequence[tuple[str, Outcome]], picks: Sequence[tuple[PickRequest, Policy]]
     ) -> tuple[list[Release], list[Lease | SchedulerError]]:
-        """The releases, then the picks, each its own script, all in one round trip."""
+        """Each release, then each pick, its own script (atomic each), all in one round trip."""
         now = self._clock()
         calls: list[tuple[str, list[str], list[Any]]] = [
             ("release", [], [self.prefix, lease_id, outcome.value, now, self._breaker_failures])
