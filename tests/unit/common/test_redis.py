@@ -2,10 +2,11 @@
 script runner runs scripts in one round trip and survives what Redis does to its connections."""
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import hiredis
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -150,29 +151,62 @@ async def test_script_runner_connects_again_after_redis_drops_its_connections(
         await relay.cut()
 
 
-async def test_script_runner_gives_up_at_its_deadline() -> None:
-    """A server that takes connections and never answers: the batch ends at the deadline."""
+@contextlib.asynccontextmanager
+async def answering_redis(answer: Callable[[list[bytes]], bytes | None]) -> AsyncIterator[str]:
+    """A server that speaks just enough RESP: each command gets ``answer(command)``, or nothing
+    at all (from then on) when that is None. Yields its URL."""
     held: list[asyncio.StreamWriter] = []
 
-    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         held.append(writer)
+        commands = hiredis.Reader()
+        while data := await reader.read(65536):
+            commands.feed(data)
+            while (command := commands.gets()) is not False:
+                reply = answer(command)
+                if reply is None:
+                    return
+                writer.write(reply)
 
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = create_redis(f"redis://127.0.0.1:{port}/0")
-    script = client.register_script("return 1")
-    runner = ScriptRunner(client, timeout_s=0.2)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await runner.run([(script, [], [])])
-        with pytest.raises(TimeoutError):
-            await runner.call(script, [], [])
-        assert time.monotonic() - started < 2.0
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
     finally:
-        await runner.aclose()
-        await client.aclose()
         for writer in held:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def _no_script_then_silence(command: list[bytes]) -> bytes | None:
+    """Every script unknown; loading one never answers."""
+    if command[0].upper() == b"EVALSHA":
+        return b"-NOSCRIPT No matching script.\r\n"
+    if command[0].upper() == b"SCRIPT":
+        return None
+    return b"+OK\r\n"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [lambda _: None, _no_script_then_silence],
+    ids=["nothing-answers", "script-load-never-answers"],
+)
+async def test_script_runner_gives_up_at_its_deadline(
+    answer: Callable[[list[bytes]], bytes | None],
+) -> None:
+    """The deadline covers the whole batch, the script loads between its round trips too (the
+    client's own connections here have no socket timeout, as the rate limiter's do not)."""
+    async with answering_redis(answer) as url:
+        client = Redis.from_url(url, socket_timeout=None)
+        script = client.register_script("return 1")
+        runner = ScriptRunner(client, timeout_s=0.2)
+        try:
+            for attempt in (runner.run([(script, [], [])]), runner.call(script, [], [])):
+                task = asyncio.ensure_future(attempt)
+                done, _ = await asyncio.wait({task}, timeout=2.0)
+                assert task in done, "the batch outlived its deadline"
+                assert isinstance(task.exception(), TimeoutError)
+        finally:
+            await runner.aclose()
+            await client.aclose()

@@ -110,26 +110,29 @@ class ScriptRunner:
 
     async def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Each script's reply, in order; a script that failed gives its ``ResponseError``.
-        Raises ``RedisError``, ``OSError`` or ``TimeoutError`` when Redis cannot be reached."""
+        Raises ``RedisError``, ``OSError`` or ``TimeoutError`` when Redis cannot be reached.
+        The deadline covers the whole batch: waiting for a connection, the round trips and any
+        script loads between them."""
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
-        for attempt in range(_LOAD_ATTEMPTS):
-            answers = await self._round_trip([calls[i] for i in pending])
-            missing = []
-            for i, answer in zip(pending, answers, strict=True):
-                if isinstance(answer, NoScriptError) and attempt < _LOAD_ATTEMPTS - 1:
-                    missing.append(i)
-                else:
-                    replies[i] = answer
-            if not missing:
-                break
-            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
-                script.sha = await self._redis.script_load(script.script)
-            pending = missing
+        async with asyncio.timeout(self._timeout_s):
+            for attempt in range(_LOAD_ATTEMPTS):
+                answers = await self._round_trip([calls[i] for i in pending])
+                missing = []
+                for i, answer in zip(pending, answers, strict=True):
+                    if isinstance(answer, NoScriptError) and attempt < _LOAD_ATTEMPTS - 1:
+                        missing.append(i)
+                    else:
+                        replies[i] = answer
+                if not missing:
+                    break
+                for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                    script.sha = await self._redis.script_load(script.script)
+                pending = missing
         return replies
 
     async def _round_trip(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        async with asyncio.timeout(self._timeout_s), self._slots:
+        async with self._slots:
             if self._idle:
                 conn = self._idle.pop()
                 try:

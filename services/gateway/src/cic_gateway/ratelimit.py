@@ -448,9 +448,9 @@ def create_rate_limiter_redis(url: str, timeout_s: float) -> Redis:
     """A client of its own for the request path: short timeouts and no retries, so that a Redis
     that is down costs a request ``timeout_s`` at most (and then nothing, for a while).
 
-    Reads have no socket timeout of their own: every script call is already bounded by the
-    limiter's :class:`ScriptRunner` deadline (a timed-out call drops its connection), and a
-    second timer per read would cost each request's check tens of microseconds for nothing."""
+    The limiter's calls go through its :class:`ScriptRunner`, on connections of the runner's
+    own; this client's pool only loads the script again after a NOSCRIPT, within the runner's
+    deadline, so its reads need no socket timeout of their own."""
     return Redis.from_url(
         url,
         socket_connect_timeout=timeout_s,
