@@ -74,10 +74,12 @@ async def test_script_runner_keeps_to_its_connections_under_many_callers(
 class CountingRunner(ScriptRunner):
     """Counts the round trips (their sizes) the runner makes."""
 
-    batches: list[int]
+    def __init__(self, redis: Redis, timeout_s: float) -> None:
+        super().__init__(redis, timeout_s)
+        self.batches: list[int] = []
 
     async def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        self.batches = [*getattr(self, "batches", []), len(calls)]
+        self.batches.append(len(calls))
         return await super().run(calls)
 
 
