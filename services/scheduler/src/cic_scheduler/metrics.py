@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from cic_scheduler.nodes import BreakerState, NodeState, NodeView
+from cic_scheduler.nodes import BreakerState, NodeState, NodeStatus, NodeView
 
 _PICK_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
@@ -19,7 +19,7 @@ UNKNOWN_MODEL_LABEL = "_unknown"
 BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
 
 
-def breaker_state_value(node: NodeView) -> int:
+def breaker_state_value(node: NodeView | NodeStatus) -> int:
     return BREAKER_STATE_VALUES[node.breaker]
 
 
@@ -95,7 +95,7 @@ class SchedulerMetrics:
 
         self._in_flight_labels: set[tuple[str, str]] = set()
 
-    def set_in_flight(self, node: NodeView) -> None:
+    def set_in_flight(self, node: NodeView | NodeStatus) -> None:
         self._in_flight_labels.add((node.id, node.model))
         self.node_in_flight.labels(node.id, node.model).set(node.in_flight)
         self.node_breaker_state.labels(node.id, node.model).set(breaker_state_value(node))

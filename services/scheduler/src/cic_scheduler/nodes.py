@@ -117,13 +117,30 @@ class LeaseReturn:
     completion_tokens: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """The part of a node a release reports: what the metrics and the node watchers need, not
+    the whole node (a release is as frequent as a pick, and reading the whole node costs Redis
+    and this process more than the release itself)."""
+
+    id: str
+    model: str
+    state: NodeState
+    in_flight: int
+    breaker: BreakerState
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker is BreakerState.CLOSED
+
+
 @dataclass(frozen=True)
 class Release:
     """What a release did: the node it freed (None when the lease was unknown or expired), and
     whether it opened the node's breaker (took it out of rotation) or closed it (a trial's
     success)."""
 
-    node: NodeView | None
+    node: NodeStatus | None
     marked_unhealthy: bool = False
     breaker_closed: bool = False
 

@@ -32,6 +32,7 @@ from cic_scheduler.nodes import (
     NodeNotFound,
     NodeSpec,
     NodeState,
+    NodeStatus,
     NodeTerminated,
     NodeView,
     NoReadyNode,
@@ -122,10 +123,7 @@ class RedisNodeRegistry(NodeRegistry):
         node_id, in_flight, flat = reply
         fields = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
         stored = BreakerState(fields.get("breaker", "closed"))
-        opened_at = float(fields.get("opened_at") or 0)
-        breaker = stored
-        if stored is BreakerState.OPEN and now >= opened_at + self._breaker_open_s:
-            breaker = BreakerState.HALF_OPEN
+        breaker = self._breaker(stored, fields.get("opened_at"), now)
         load = None
         if fields.get("load_at"):
             load = LoadSample(
@@ -145,6 +143,23 @@ class RedisNodeRegistry(NodeRegistry):
             last_heartbeat=datetime.fromtimestamp(float(fields["heartbeat"]), UTC),
             load=load,
             breaker=breaker,
+        )
+
+    def _breaker(self, stored: BreakerState, opened_at: str | None, now: float) -> BreakerState:
+        """The breaker as callers see it: a stored open one is half-open once it has been open
+        for ``breaker_open_s`` (its trial pick is then allowed)."""
+        if stored is BreakerState.OPEN and now >= float(opened_at or 0) + self._breaker_open_s:
+            return BreakerState.HALF_OPEN
+        return stored
+
+    def _status(self, reply: Sequence[Any], now: float) -> NodeStatus:
+        node_id, in_flight, model, state, breaker, opened_at = (_text(v) for v in reply)
+        return NodeStatus(
+            id=node_id,
+            model=model,
+            state=NodeState(state),
+            in_flight=int(in_flight),
+            breaker=self._breaker(BreakerState(breaker), opened_at, now),
         )
 
     def _breaker_args(self) -> tuple[float, int]:
@@ -267,7 +282,7 @@ class RedisNodeRegistry(NodeRegistry):
             return Release(node=None)
         transition = _text(reply[1])
         return Release(
-            node=self._view(reply[2], now),
+            node=self._status(reply[2], now),
             marked_unhealthy=transition == "opened",
             breaker_closed=transition == "closed",
         )

@@ -22,6 +22,12 @@ local function node_reply(p, id)
   return {id, redis.call('SCARD', leases_key(p, id)), redis.call('HGETALL', node_key(p, id))}
 end
 
+-- What a release needs of the node: id, in-flight, model, state, breaker, opened_at.
+local function node_status(p, id)
+  local f = redis.call('HMGET', node_key(p, id), 'model', 'state', 'breaker', 'opened_at')
+  return {id, redis.call('SCARD', leases_key(p, id)), f[1], f[2], f[3] or 'closed', f[4] or '0'}
+end
+
 -- Whether a stored breaker admits a trial now: open for at least open_s seconds.
 local function open_elapsed(opened_at, now, open_s)
   return now >= (tonumber(opened_at) or 0) + open_s

@@ -1,7 +1,7 @@
 -- ARGV: prefix, lease id, outcome (success|node_error|client_error|unspecified), now,
 --       breaker failures.
--- Returns {0} for an unknown or expired lease, else {1, transition, node} where transition is
--- 'opened', 'closed' or ''. The half-open trial's success closes the breaker, its node error
+-- Returns {0} for an unknown or expired lease, else {1, transition, status} where transition is
+-- 'opened', 'closed' or '' and status the node's node_status (common.lua). The half-open trial's success closes the breaker, its node error
 -- re-opens it, and any other outcome lets the next pick be the trial. Otherwise a node error
 -- counts towards opening a closed breaker and a success resets that count.
 local p, lease, outcome, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -32,4 +32,4 @@ elseif outcome == 'node_error' and f[1] == 'closed' then
   end
 end
 sync(p, id)
-return {1, transition, node_reply(p, id)}
+return {1, transition, node_status(p, id)}
