@@ -3,6 +3,8 @@ script runner runs scripts in one round trip and survives what Redis does to its
 
 import asyncio
 import contextlib
+import gc
+import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -66,6 +68,39 @@ async def test_script_runner_keeps_to_its_connections_under_many_callers(
         assert sorted(r[0] for r in replies) == list(range(1, 51))
         clients = await client.client_list()
         assert len([c for c in clients if c["name"] == name]) == 1 + 2  # the pool's, the runner's
+    finally:
+        await runner.aclose()
+        await client.aclose()
+
+
+async def test_script_runner_connections_outlive_the_client_objects_that_opened_them(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """redis-py opens each connection and hands its socket over: collecting redis-py's object
+    afterwards must not close the socket under the runner."""
+    name = f"kept-{redis_prefix.strip(':')}"
+    client = create_redis(f"{redis_url}{'&' if '?' in redis_url else '?'}client_name={name}")
+    incr = client.register_script("return redis.call('INCR', KEYS[1])")
+    runner = ScriptRunner(client, timeout_s=5.0)
+    key = f"{redis_prefix}n"
+
+    async def runner_connections() -> set[str]:
+        return {c["id"] for c in await client.client_list() if c["name"] == name}
+
+    try:
+        await client.ping()  # the pool's own connection, listed with the runner's
+        pooled = await runner_connections()
+        assert await runner.run([(incr, [key], [])]) == [1]
+        opened = await runner_connections() - pooled
+        assert len(opened) == 1
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            gc.collect()
+        # (other tests' leftovers may be collected here too: only this client's count)
+        assert not [str(w.message) for w in seen if name in str(w.message)]
+        for expected in (2, 3):
+            assert await runner.run([(incr, [key], [])]) == [expected]
+        assert await runner_connections() - pooled == opened  # the same connection, still open
     finally:
         await runner.aclose()
         await client.aclose()
