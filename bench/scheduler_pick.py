@@ -19,6 +19,13 @@ release failed or a lease was left behind.
 
 from __future__ import annotations
 
+# The load generator stands in for the gateway: its gRPC does its I/O as the gateway's does
+# (cic_common.grpc_io), which must be settled before gRPC is imported.
+from cic_common.grpc_io import use_polling_io
+
+use_polling_io()
+# isort: split
+
 import argparse
 import asyncio
 import contextlib
