@@ -18,7 +18,13 @@ def platform_processes(stack: Stack) -> dict[str, psutil.Process]:
             found[name] = psutil.Process(service.proc.pid)
     for i, child in enumerate(found["orchestrator"].children(recursive=True)):
         found[f"node{i}" if i else "node"] = child
-    return found
+    return found | signals_of(found["scheduler"])
+
+
+def signals_of(scheduler: psutil.Process) -> dict[str, psutil.Process]:
+    """The scheduler's signals process (its scrapes and probes), when it runs one."""
+    children = scheduler.children()
+    return {"signals": children[0]} if children else {}
 
 
 class CpuMeter:

@@ -43,7 +43,7 @@ import grpc
 import orjson
 import psutil
 import uvloop
-from cpu import CpuMeter
+from cpu import CpuMeter, signals_of
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadgen import PhaseResult
 from report import MAX_OTHER_CORES, percentile
@@ -459,6 +459,7 @@ async def main(args: argparse.Namespace) -> int:
                 )
                 print(f"scheduler {addr}, {args.nodes} nodes -> {args.endpoint}", flush=True)
                 processes = {"loadgen": psutil.Process(), "scheduler": process_of(sched)}
+                processes |= signals_of(processes["scheduler"])
                 processes |= {"node": process_of(node), **redis_processes()}
                 phases = await _measure(addr, CpuMeter(processes), args)
     return _report(phases, args)

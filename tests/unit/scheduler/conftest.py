@@ -25,13 +25,15 @@ MakeRegistry = Callable[..., RedisNodeRegistry]
 async def start_scheduler(redis_url: str, redis_prefix: str) -> AsyncIterator[StartScheduler]:
     """Starts schedulers with settings from keyword arguments (environment names), all sharing
     the test's Redis key prefix (so they are replicas of one another); by default nodes are not
-    probed during a test, so test endpoints need not answer."""
+    probed during a test, so test endpoints need not answer, and nodes are scraped and probed
+    (when they are) in the test's own process."""
     running: list[RunningScheduler] = []
 
     async def start(**env: str) -> RunningScheduler:
         environ = {
             "GRPC_PORT": "0",
             "HEALTH_PROBE_INTERVAL_S": "3600",
+            "SIGNALS_PROCESS": "false",  # scrapes and probes in the test's process
             "REDIS_URL": redis_url,
             "REDIS_KEY_PREFIX": redis_prefix,
             **env,

@@ -37,6 +37,9 @@ class SchedulerSettings(GrpcServiceSettings):
     # long one scrape may take.
     load_scrape_interval_s: float = Field(default=1.0, gt=0, le=60)
     load_scrape_timeout_s: float = Field(default=0.4, gt=0, le=60)
+    # Scrape and probe the nodes in a process of their own beside this one (see signals.py), so
+    # that that work never holds up a pick; false: on the event loop that serves the picks.
+    signals_process: bool = True
     # A lease not released within this time is given back by the sweeper.
     lease_ttl_s: float = Field(default=600.0, gt=0, le=86400)
 

@@ -46,7 +46,8 @@ class NodeScheduler:
         if self._changes is not None:
             await self._changes.node_changed(node_id)
 
-    async def _refresh_gauges(self) -> None:
+    async def refresh_gauges(self) -> None:
+        """Sets the node gauges from the whole registry."""
         self._metrics.refresh_nodes(await self.registry.list_nodes())
 
     async def register(self, spec: NodeSpec) -> NodeView:
@@ -59,7 +60,7 @@ class NodeScheduler:
             node.state.value,
         )
         await self._changed(node.id)
-        await self._refresh_gauges()
+        await self.refresh_gauges()
         return node
 
     async def heartbeat(self, node_id: str) -> NodeView:
@@ -69,14 +70,14 @@ class NodeScheduler:
         node = await self.registry.drain(node_id)
         log.info("node %s draining with %d in flight", node.id, node.in_flight)
         await self._changed(node.id)
-        await self._refresh_gauges()
+        await self.refresh_gauges()
         return node
 
     async def deregister(self, node_id: str) -> None:
         await self.registry.deregister(node_id)
         log.info("node %s deregistered", node_id)
         await self._changed(node_id)
-        await self._refresh_gauges()
+        await self.refresh_gauges()
 
     async def list_nodes(self, model: str | None) -> list[NodeView]:
         return await self.registry.list_nodes(model)
@@ -174,7 +175,7 @@ class NodeScheduler:
         if released.marked_unhealthy:
             log.warning("node %s: breaker opened after node errors", node.id)
         if changed:
-            await self._refresh_gauges()
+            await self.refresh_gauges()
 
     async def expire_leases(self) -> None:
         expired = await self.registry.expire_leases()
@@ -185,4 +186,4 @@ class NodeScheduler:
             log.warning("lease %s on node %s expired unreleased", lease.lease_id, lease.node_id)
         for node_id in sorted({lease.node_id for lease in expired}):
             await self._changed(node_id)
-        await self._refresh_gauges()
+        await self.refresh_gauges()

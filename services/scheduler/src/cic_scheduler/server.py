@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import aiohttp
@@ -25,12 +24,10 @@ from cic_scheduler.policy import RoutingPolicies, make_policy, parse_policy_by_m
 from cic_scheduler.registry import NodeRegistry
 from cic_scheduler.registry_redis import RedisNodeRegistry
 from cic_scheduler.servicer import SERVICE_NAME, SchedulerServicer
+from cic_scheduler.signals import SignalsProcess, round_tasks
 from cic_scheduler.watch import NodeChanges, WatchHub
 
 log = logging.getLogger(__name__)
-
-# The share of its interval over which a scrape or probe round spreads its nodes' starts.
-_SPREAD_SHARE = 0.8
 
 
 class SchedulerService:
@@ -48,6 +45,7 @@ class SchedulerService:
         scraper: LoadScraper,
         leadership: SignalsLeadership,
         watch_hub: WatchHub,
+        signals_process: SignalsProcess | None = None,
     ) -> None:
         self.settings = settings
         self.grpc_server = grpc_server
@@ -58,24 +56,22 @@ class SchedulerService:
         self.scraper = scraper
         self.leadership = leadership
         self.watch_hub = watch_hub
-        scrape_every = settings.load_scrape_interval_s
-        probe_every = settings.health_probe_interval_s
-        self._tasks = [
-            PeriodicTask(
-                "load-scraper",
-                scrape_every,
-                functools.partial(scraper.scrape_all, scrape_every * _SPREAD_SHARE),
-            ),
-            PeriodicTask(
-                "health-prober",
-                probe_every,
-                functools.partial(prober.probe_all, probe_every * _SPREAD_SHARE),
-            ),
-            PeriodicTask("lease-sweeper", settings.lease_sweep_interval_s, scheduler.expire_leases),
-        ]
+        self.signals_process = signals_process
+        sweeper = PeriodicTask(
+            "lease-sweeper", settings.lease_sweep_interval_s, scheduler.expire_leases
+        )
+        if signals_process is None:  # scrapes and probes on this loop
+            self._tasks = [*round_tasks(settings, scraper, prober), sweeper]
+        else:  # in the signals process; the node gauges are read here as the prober would
+            gauges = PeriodicTask(
+                "node-gauges", settings.health_probe_interval_s, scheduler.refresh_gauges
+            )
+            self._tasks = [gauges, sweeper]
 
     async def start(self, host: str = "[::]") -> int:
         """Binds ``GRPC_PORT`` (0: any free port), starts the background tasks; returns the port."""
+        if self.signals_process is not None:
+            self.signals_process.start()
         await self.watch_hub.start()
         port = await self.grpc_server.start(self.settings.grpc_port, host=host)
         for task in self._tasks:
@@ -87,6 +83,8 @@ class SchedulerService:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self.watch_hub.stop()  # watchers follow another replica; the grace is not held
         await self.grpc_server.stop(grace)
+        if self.signals_process is not None:
+            await self.signals_process.stop()
         for task in self._tasks:
             await task.stop()
         await self.leadership.give_up()
@@ -145,6 +143,7 @@ async def create_service(
         scraper=scraper,
         leadership=leadership,
         watch_hub=watch_hub,
+        signals_process=SignalsProcess(settings, metrics) if settings.signals_process else None,
     )
 
 
