@@ -61,8 +61,9 @@ async def test_refused_picks_carry_the_status_pick_node_would_end_with(
     await scheduler.register("d", model="drained")
     await scheduler.stub.DrainNode(pb.DrainNodeRequest(node_id="d"))
     message = pb.RouteRequest(picks=_picks("m", "nobody-serves-this", "", "drained", "bad model"))
-    [response] = [r async for r in scheduler.stub.Route(_one_message(message))]
-    answers = {a.id: a for a in response.picks}
+    # Refusals found on reading are answered at once, the pick with its batch after.
+    answers = {a.id: a async for r in scheduler.stub.Route(_one_message(message)) for a in r.picks}
+    assert sorted(answers) == [1, 2, 3, 4, 5]
     assert answers[1].HasField("picked") and answers[1].picked.node.id == "a"
     expected = {
         2: (grpc.StatusCode.NOT_FOUND, "is not served"),

@@ -5,7 +5,10 @@ what the scheduler adds to a request. On a ``Route`` stream a pick is one messag
 no call set-up, no per-call metadata, deadline or interceptor work on either side. The picks that
 arrive while the previous batch is in Redis are taken together, in one pipelined round trip
 (each still its own atomic pick script), and answered in one message; so under load the cost per
-pick falls as the batches grow, and an idle stream answers each pick at once.
+pick falls as the batches grow, and an idle stream answers each pick at once. Answers are
+written while the next batch is in Redis: writing one (and gRPC telling it is done) does not hold
+up the picks that came meanwhile; answers ready while a message is being written go together in
+the next.
 
 Releases ride the same stream and are not answered. Those that come with picks go to the
 registry in the picks' round trip, before them (so the picks see the slots they free); those that
@@ -40,9 +43,10 @@ class RouteSession:
     def __init__(self, scheduler: NodeScheduler) -> None:
         self._scheduler = scheduler
         self._picks: list[tuple[int, PickRequest]] = []
-        self._answers: list[pb.RoutePicked] = []  # refused before any Redis work
+        self._answers: list[pb.RoutePicked] = []  # to be written
         self._releases: list[LeaseReturn] = []
-        self._work = asyncio.Event()
+        self._work = asyncio.Event()  # picks to take, or reading ended
+        self._ready = asyncio.Event()  # answers to write, or taking ended
         self._reading = True
         self._release_task: asyncio.Task[None] | None = None
 
@@ -51,26 +55,43 @@ class RouteSession:
     ) -> AsyncIterator[pb.RouteResponse]:
         """The answers to the picks ``requests`` bring, until the caller closes its side."""
         reader = asyncio.create_task(self._read(requests))
+        taker = asyncio.create_task(self._take_batches())
         try:
             while True:
-                await self._work.wait()
-                self._work.clear()
-                while self._picks or self._answers:
-                    batch = self._picks[:MAX_PICKS_PER_BATCH]
-                    del self._picks[: len(batch)]
+                if self._answers:
                     answers, self._answers = self._answers, []
-                    if batch:
-                        answers.extend(await self._take(batch))
                     yield pb.RouteResponse(picks=answers)
-                if not self._reading:
+                    continue
+                if taker.done():
                     break
-            await reader  # its error (if any) ends the call
+                await self._ready.wait()
+                self._ready.clear()
+            await taker  # its error (if any) ends the call
+            await reader
         finally:
             await cancel_and_wait(reader)
+            await cancel_and_wait(taker)
             if self._release_task is not None:
                 # Releases already read are given back even when the caller has gone.
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(self._release_task)
+
+    async def _take_batches(self) -> None:
+        """Takes the picks waiting, a batch at a time, until reading ends and none is left."""
+        try:
+            while True:
+                await self._work.wait()
+                self._work.clear()
+                while self._picks:
+                    batch = self._picks[:MAX_PICKS_PER_BATCH]
+                    del self._picks[: len(batch)]
+                    answers = await self._take(batch)
+                    self._answers.extend(answers)
+                    self._ready.set()
+                if not self._reading:
+                    return
+        finally:
+            self._ready.set()
 
     async def _read(self, requests: AsyncIterator[pb.RouteRequest]) -> None:
         try:
@@ -80,9 +101,10 @@ class RouteSession:
                 for release in message.releases:
                     if release.lease_id:
                         self._releases.append(convert.lease_return(release))
-                if not self._picks:  # releases that came with picks go with them
+                if self._picks:
+                    self._work.set()
+                else:  # releases that came with picks go with them
                     self._give_back_soon()
-                self._work.set()
         finally:
             self._reading = False
             self._give_back_soon()  # releases whose picks never came (or were never taken)
@@ -97,6 +119,7 @@ class RouteSession:
             self._picks.append((pick.id, convert.pick_request(pick.request)))
         except SchedulerError as err:
             self._answers.append(self._refusal(pick.id, err))
+            self._ready.set()
 
     def _refusal(self, pick_id: int, err: SchedulerError) -> pb.RoutePicked:
         code = convert.status_code(err)
