@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 
 import psutil
+import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from cic.scheduler.v1 import scheduler_pb2 as pb
 from cic_common.settings import parse_settings
+from cic_scheduler import signals
 from cic_scheduler.config import SchedulerSettings
+from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.signals import start_child
 from tests.support.net import free_port
 from tests.unit.scheduler.conftest import StartScheduler
@@ -172,3 +177,32 @@ async def test_the_child_ends_when_its_scheduler_is_gone(redis_url: str, redis_p
         if child.returncode is None:
             child.kill()
             await child.wait()
+
+
+async def test_a_child_that_keeps_dying_is_started_again_less_and_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def dies_at_once(report_fd: int) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "pass", stdin=asyncio.subprocess.PIPE, pass_fds=(report_fd,)
+        )
+
+    pauses: list[float] = []
+    enough = asyncio.Event()
+
+    async def record(delay: float) -> None:
+        pauses.append(delay)
+        if len(pauses) == 7:
+            enough.set()
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(signals, "start_child", dies_at_once)
+    monkeypatch.setattr(signals, "_pause", record)
+    settings = parse_settings(SchedulerSettings, {"REDIS_URL": "redis://127.0.0.1:1/0"})
+    process = signals.SignalsProcess(settings, SchedulerMetrics(CollectorRegistry()))
+    process.start()
+    try:
+        await asyncio.wait_for(enough.wait(), 30)
+    finally:
+        await process.stop()
+    assert pauses[:7] == [1, 2, 4, 8, 16, 30, 30]

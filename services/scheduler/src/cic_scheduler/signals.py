@@ -9,7 +9,10 @@ The child scrapes and probes the nodes (while its replica holds the collector ro
 :mod:`cic_scheduler.leadership`) with the same code the scheduler would run in-process, and
 reports its counters once a second on a pipe of their own (its standard output is the
 scheduler's, for its logs); the scheduler adds them to its own metrics. A child that dies is
-started again after ``RESTART_DELAY_S``. The child stops on SIGTERM, and when its standard input
+started again after ``RESTART_DELAY_S``, twice as long after each child that ends within
+``RESTART_DELAY_MAX_S`` of its start (up to that), so one that cannot start does not fill the
+logs. A new child takes the collector role once the dead one's lapses (within
+``signals_collector_ttl_s``). The child stops on SIGTERM, and when its standard input
 ends: the scheduler is gone, however it went.
 """
 
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 1.0
 RESTART_DELAY_S = 1.0
+RESTART_DELAY_MAX_S = 30.0
 STOP_TIMEOUT_S = 5.0
 # The share of its interval over which a scrape or probe round spreads its nodes' starts.
 SPREAD_SHARE = 0.8
@@ -128,6 +132,9 @@ async def start_child(report_fd: int) -> asyncio.subprocess.Process:
     )
 
 
+_pause = asyncio.sleep  # (tests record the pauses between children)
+
+
 class SignalsProcess:
     """Runs the signals child of this scheduler, starts it again when it dies, and adds what it
     reports to this process's metrics."""
@@ -152,15 +159,21 @@ class SignalsProcess:
             self._task = asyncio.create_task(self._supervise(), name="signals-process")
 
     async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = RESTART_DELAY_S
         while not self._stopping:
+            started = loop.time()
             try:
                 await self._run_child()
             except OSError as err:  # could not even start it
                 log.error("cannot start the signals process: %s", err)
             if self._stopping:
                 return
-            log.warning("the signals process ended; starting it again in %.0f s", RESTART_DELAY_S)
-            await asyncio.sleep(RESTART_DELAY_S)
+            if loop.time() - started >= RESTART_DELAY_MAX_S:
+                delay = RESTART_DELAY_S  # it had been running well
+            log.warning("the signals process ended; starting it again in %.0f s", delay)
+            await _pause(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
     async def _run_child(self) -> None:
         loop = asyncio.get_running_loop()
