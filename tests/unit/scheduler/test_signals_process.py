@@ -109,6 +109,15 @@ async def test_the_child_scrapes_and_probes_and_the_scheduler_counts_what_it_rep
         unhealthy = await eventually(scheduler.nodes, lambda nodes: not nodes["n1"].healthy)
         assert unhealthy["n1"].breaker == pb.BREAKER_STATE_OPEN
 
+        # The node gauges come from the nodes the child read after its probe round.
+        async def breaker_gauge() -> float | None:
+            return scheduler.metrics.get_sample_value(
+                "cic_scheduler_node_breaker_state", {"node_id": "n1", "model": "m"}
+            )
+
+        assert await eventually(breaker_gauge, lambda value: value == 1) == 1
+        assert scheduler.sample("cic_scheduler_nodes", state="ready", healthy="false") == 1
+
 
 async def test_a_child_that_dies_is_started_again(start_scheduler: StartScheduler) -> None:
     async with FakeNode() as node:

@@ -100,7 +100,7 @@ class SchedulerMetrics:
         self.node_in_flight.labels(node.id, node.model).set(node.in_flight)
         self.node_breaker_state.labels(node.id, node.model).set(breaker_state_value(node))
 
-    def refresh_nodes(self, nodes: Iterable[NodeView]) -> None:
+    def refresh_nodes(self, nodes: Iterable[NodeView | NodeStatus]) -> None:
         """Sets the node gauges from a snapshot of the whole registry (removed nodes included)."""
         counts = {(s.value, h): 0 for s in NodeState for h in ("true", "false")}
         present = set()

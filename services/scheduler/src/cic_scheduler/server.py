@@ -60,13 +60,9 @@ class SchedulerService:
         sweeper = PeriodicTask(
             "lease-sweeper", settings.lease_sweep_interval_s, scheduler.expire_leases
         )
-        if signals_process is None:  # scrapes and probes on this loop
-            self._tasks = [*round_tasks(settings, scraper, prober), sweeper]
-        else:  # in the signals process; the node gauges are read here as the prober would
-            gauges = PeriodicTask(
-                "node-gauges", settings.health_probe_interval_s, scheduler.refresh_gauges
-            )
-            self._tasks = [gauges, sweeper]
+        self._tasks = [sweeper]
+        if signals_process is None:  # scrapes and probes on this loop (else: in that process)
+            self._tasks[:0] = round_tasks(settings, scraper, prober)
 
     async def start(self, host: str = "[::]") -> int:
         """Binds ``GRPC_PORT`` (0: any free port), starts the background tasks; returns the port."""

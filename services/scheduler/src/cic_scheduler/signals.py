@@ -8,12 +8,14 @@ hold picks up: at 1,000 picks/s on 2 cores the pick p99 was 2.3-2.7 ms with them
 The child scrapes and probes the nodes (while its replica holds the collector role, see
 :mod:`cic_scheduler.leadership`) with the same code the scheduler would run in-process, and
 reports its counters once a second on a pipe of their own (its standard output is the
-scheduler's, for its logs); the scheduler adds them to its own metrics. A child that dies is
-started again after ``RESTART_DELAY_S``, twice as long after each child that ends within
-``RESTART_DELAY_MAX_S`` of its start (up to that), so one that cannot start does not fill the
-logs. A new child takes the collector role once the dead one's lapses (within
-``signals_collector_ttl_s``). The child stops on SIGTERM, and when its standard input
-ends: the scheduler is gone, however it went.
+scheduler's, for its logs), and the nodes it read for the node gauges after each probe round;
+the scheduler adds them to its own metrics (it does not list the nodes itself for them).
+
+A child that dies is started again after ``RESTART_DELAY_S``, twice as long after each child
+that ends within ``RESTART_DELAY_MAX_S`` of its start (up to that), so one that cannot start
+does not fill the logs. A new child takes the collector role once the dead one's lapses (within
+``signals_collector_ttl_s``). The child stops on SIGTERM, and when its standard input ends: the
+scheduler is gone, however it went.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import json
 import logging
 import os
 import sys
-from typing import IO
+from collections.abc import Iterable
+from typing import IO, Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
@@ -40,6 +43,7 @@ from cic_scheduler.health import HealthProber
 from cic_scheduler.leadership import SignalsLeadership
 from cic_scheduler.load import LoadScraper
 from cic_scheduler.metrics import SchedulerMetrics
+from cic_scheduler.nodes import BreakerState, NodeState, NodeStatus, NodeView
 from cic_scheduler.registry_redis import RedisNodeRegistry
 from cic_scheduler.watch import NodeChanges
 
@@ -206,9 +210,15 @@ class SignalsProcess:
             report = json.loads(line)
             totals = {name: float(report[name]) for name in _COUNTERS}
             collector = float(report["collector"])
+            nodes = [
+                NodeStatus(str(i), str(m), NodeState(s), int(f), BreakerState(b))
+                for i, m, s, f, b in report.get("nodes") or ()
+            ]
         except (ValueError, KeyError, TypeError):
             log.warning("unreadable report from the signals process: %r", line[:200])
             return
+        if "nodes" in report:
+            self._metrics.refresh_nodes(nodes)
         for name, total in totals.items():
             added = total - seen.get(name, 0.0)
             if added > 0:
@@ -237,9 +247,24 @@ class SignalsProcess:
         self._metrics.signals_collector.set(0)
 
 
-def _report(registry: CollectorRegistry, out: IO[str]) -> None:
-    report = {name: registry.get_sample_value(metric) or 0.0 for name, metric in _COUNTERS.items()}
+class _ChildMetrics(SchedulerMetrics):
+    """The child's metrics: the nodes of each gauge refresh are kept for the next report."""
+
+    listed: list[list[Any]] | None = None
+
+    def refresh_nodes(self, nodes: Iterable[NodeView | NodeStatus]) -> None:
+        listed = list(nodes)
+        super().refresh_nodes(listed)
+        self.listed = [[n.id, n.model, n.state.value, n.in_flight, n.breaker.value] for n in listed]
+
+
+def _report(metrics: _ChildMetrics, registry: CollectorRegistry, out: IO[str]) -> None:
+    report: dict[str, Any] = {
+        name: registry.get_sample_value(metric) or 0.0 for name, metric in _COUNTERS.items()
+    }
     report["collector"] = registry.get_sample_value(_COLLECTOR) or 0.0
+    if metrics.listed is not None:
+        report["nodes"], metrics.listed = metrics.listed, None
     out.write(json.dumps(report) + "\n")
     out.flush()
 
@@ -256,7 +281,7 @@ async def _until_closed(stream: IO[str]) -> None:
 async def _serve(settings: SchedulerSettings, out: IO[str]) -> None:
     stop = stop_event_on_signals()
     registry = CollectorRegistry()
-    metrics = SchedulerMetrics(registry)
+    metrics = _ChildMetrics(registry)
     signals = Signals(settings, metrics)
     watch_parent = asyncio.create_task(_until_closed(sys.stdin))
     watch_parent.add_done_callback(lambda _: stop.set())
@@ -266,7 +291,7 @@ async def _serve(settings: SchedulerSettings, out: IO[str]) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPORT_INTERVAL_S)
             try:
-                _report(registry, out)
+                _report(metrics, registry, out)
             except OSError:  # the scheduler is gone
                 stop.set()
     finally:
@@ -274,7 +299,7 @@ async def _serve(settings: SchedulerSettings, out: IO[str]) -> None:
         await signals.stop()
         metrics.signals_collector.set(0)  # given up
         with contextlib.suppress(OSError):
-            _report(registry, out)
+            _report(metrics, registry, out)
 
 
 def main() -> None:
