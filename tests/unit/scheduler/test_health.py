@@ -71,7 +71,7 @@ async def test_a_probe_success_ends_passive_unhealthiness(
     lease = await scheduler.pick()
     await scheduler.release(lease.lease_id, outcome=pb.OUTCOME_NODE_ERROR)
     assert not (await scheduler.nodes())["n1"].healthy
-    await scheduler.service.prober.probe_all()
+    await scheduler.service.signals.prober.probe_all()
     assert (await scheduler.nodes())["n1"].healthy
 
 

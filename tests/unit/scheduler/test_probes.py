@@ -69,7 +69,7 @@ async def test_a_round_spreads_its_probes_over_the_interval(
     for n in range(4):
         await scheduler.register(f"n{n}", endpoint=node_health.endpoint)
     started = asyncio.get_running_loop().time()
-    await scheduler.service.prober.probe_all(spread_s=0.4)
+    await scheduler.service.signals.prober.probe_all(spread_s=0.4)
     assert len(node_health.arrivals) == 4
     # The n-th probe starts n steps (0.1 s) after the round: never sooner (a busy machine can
     # only make it later), so each arrival is bounded below by its step.

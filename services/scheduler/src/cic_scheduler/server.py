@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry
 from redis.asyncio import Redis
 
@@ -16,15 +15,11 @@ from cic_common.runtime import stop_event_on_signals
 from cic_scheduler.background import PeriodicTask
 from cic_scheduler.config import SchedulerSettings
 from cic_scheduler.core import NodeScheduler
-from cic_scheduler.health import HealthProber
-from cic_scheduler.leadership import SignalsLeadership
-from cic_scheduler.load import LoadScraper
 from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.policy import RoutingPolicies, make_policy, parse_policy_by_model
 from cic_scheduler.registry import NodeRegistry
-from cic_scheduler.registry_redis import RedisNodeRegistry
 from cic_scheduler.servicer import SERVICE_NAME, SchedulerServicer
-from cic_scheduler.signals import SignalsProcess, round_tasks
+from cic_scheduler.signals import Signals, SignalsProcess, redis_registry
 from cic_scheduler.watch import NodeChanges, WatchHub
 
 log = logging.getLogger(__name__)
@@ -38,31 +33,23 @@ class SchedulerService:
         settings: SchedulerSettings,
         grpc_server: GrpcServer,
         scheduler: NodeScheduler,
-        prober: HealthProber,
-        session: aiohttp.ClientSession,
         redis: Redis,
-        *,
-        scraper: LoadScraper,
-        leadership: SignalsLeadership,
         watch_hub: WatchHub,
+        *,
+        signals: Signals | None = None,
         signals_process: SignalsProcess | None = None,
     ) -> None:
         self.settings = settings
         self.grpc_server = grpc_server
         self.scheduler = scheduler
-        self.prober = prober
-        self._session = session
         self.redis = redis
-        self.scraper = scraper
-        self.leadership = leadership
         self.watch_hub = watch_hub
+        # The scrapes and probes: on this loop (signals) or in a process of their own.
+        self.signals = signals
         self.signals_process = signals_process
-        sweeper = PeriodicTask(
+        self._sweeper = PeriodicTask(
             "lease-sweeper", settings.lease_sweep_interval_s, scheduler.expire_leases
         )
-        self._tasks = [sweeper]
-        if signals_process is None:  # scrapes and probes on this loop (else: in that process)
-            self._tasks[:0] = round_tasks(settings, scraper, prober)
 
     async def start(self, host: str = "[::]") -> int:
         """Binds ``GRPC_PORT`` (0: any free port), starts the background tasks; returns the port."""
@@ -70,8 +57,9 @@ class SchedulerService:
             self.signals_process.start()
         await self.watch_hub.start()
         port = await self.grpc_server.start(self.settings.grpc_port, host=host)
-        for task in self._tasks:
-            task.start()
+        if self.signals is not None:
+            self.signals.start()
+        self._sweeper.start()
         return port
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -81,10 +69,9 @@ class SchedulerService:
         await self.grpc_server.stop(grace)
         if self.signals_process is not None:
             await self.signals_process.stop()
-        for task in self._tasks:
-            await task.stop()
-        await self.leadership.give_up()
-        await self._session.close()
+        if self.signals is not None:
+            await self.signals.stop()
+        await self._sweeper.stop()
         await self.scheduler.registry.aclose()
         await self.redis.aclose()
 
@@ -99,13 +86,7 @@ async def create_service(
     """Builds the service (nothing listens until ``start()``); call inside the running loop."""
     metrics = SchedulerMetrics(registry)
     redis = create_redis(settings.redis_url)
-    nodes = node_registry or RedisNodeRegistry(
-        redis,
-        settings.redis_key_prefix,
-        lease_ttl_s=settings.lease_ttl_s,
-        breaker_failures=settings.breaker_failures,
-        breaker_open_s=settings.breaker_open_s,
-    )
+    nodes = node_registry or redis_registry(settings, redis)
     signals_prefix = f"{settings.redis_key_prefix}scheduler:"
     changes = NodeChanges(redis, signals_prefix)
     scheduler = NodeScheduler(
@@ -120,26 +101,15 @@ async def create_service(
         pb_grpc.add_SchedulerServiceServicer_to_server,
         SchedulerServicer(scheduler, watch_hub),
     )
-    session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=settings.health_probe_timeout_s),
-        headers={"User-Agent": "cic-scheduler"},
-    )
-    leadership = SignalsLeadership(redis, signals_prefix, settings.signals_collector_ttl_s)
-    prober = HealthProber(
-        nodes, session, settings.health_probe_timeout_s, metrics, leadership, changes
-    )
-    scraper = LoadScraper(nodes, session, settings.load_scrape_timeout_s, metrics, leadership)
+    in_process = not settings.signals_process
     return SchedulerService(
         settings,
         grpc_server,
         scheduler,
-        prober,
-        session,
         redis,
-        scraper=scraper,
-        leadership=leadership,
-        watch_hub=watch_hub,
-        signals_process=SignalsProcess(settings, metrics) if settings.signals_process else None,
+        watch_hub,
+        signals=Signals(settings, metrics, nodes, redis) if in_process else None,
+        signals_process=None if in_process else SignalsProcess(settings, metrics),
     )
 
 

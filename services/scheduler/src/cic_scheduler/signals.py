@@ -32,6 +32,7 @@ from typing import IO, Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from cic_common.logging import configure_logging
 from cic_common.periodic import cancel_and_wait
@@ -44,6 +45,7 @@ from cic_scheduler.leadership import SignalsLeadership
 from cic_scheduler.load import LoadScraper
 from cic_scheduler.metrics import SchedulerMetrics
 from cic_scheduler.nodes import BreakerState, NodeState, NodeStatus, NodeView
+from cic_scheduler.registry import NodeRegistry
 from cic_scheduler.registry_redis import RedisNodeRegistry
 from cic_scheduler.watch import NodeChanges
 
@@ -64,30 +66,43 @@ _COLLECTOR = "cic_scheduler_signals_collector"
 
 
 class Signals:
-    """The scrape and probe rounds of one scheduler replica, run as periodic tasks."""
+    """The scrape and probe rounds of one scheduler replica, run as periodic tasks on the
+    ``registry`` and ``redis`` given (the caller's to close)."""
 
-    def __init__(self, settings: SchedulerSettings, metrics: SchedulerMetrics) -> None:
-        self._redis = create_redis(settings.redis_url)
-        self.registry = RedisNodeRegistry(
-            self._redis,
-            settings.redis_key_prefix,
-            lease_ttl_s=settings.lease_ttl_s,
-            breaker_failures=settings.breaker_failures,
-            breaker_open_s=settings.breaker_open_s,
-        )
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        metrics: SchedulerMetrics,
+        registry: NodeRegistry,
+        redis: Redis,
+    ) -> None:
         prefix = f"{settings.redis_key_prefix}scheduler:"
-        self.leadership = SignalsLeadership(self._redis, prefix, settings.signals_collector_ttl_s)
+        self.leadership = SignalsLeadership(redis, prefix, settings.signals_collector_ttl_s)
         self._session = aiohttp.ClientSession(headers={"User-Agent": "cic-scheduler"})
-        changes = NodeChanges(self._redis, prefix)
+        changes = NodeChanges(redis, prefix)
         probe_timeout = settings.health_probe_timeout_s
         self.prober = HealthProber(
-            self.registry, self._session, probe_timeout, metrics, self.leadership, changes
+            registry, self._session, probe_timeout, metrics, self.leadership, changes
         )
         scrape_timeout = settings.load_scrape_timeout_s
         self.scraper = LoadScraper(
-            self.registry, self._session, scrape_timeout, metrics, self.leadership
+            registry, self._session, scrape_timeout, metrics, self.leadership
         )
-        self._tasks = round_tasks(settings, self.scraper, self.prober)
+        # Each round's nodes start spread over most of its interval.
+        scrape_every = settings.load_scrape_interval_s
+        probe_every = settings.health_probe_interval_s
+        self._tasks = [
+            PeriodicTask(
+                "load-scraper",
+                scrape_every,
+                functools.partial(self.scraper.scrape_all, scrape_every * SPREAD_SHARE),
+            ),
+            PeriodicTask(
+                "health-prober",
+                probe_every,
+                functools.partial(self.prober.probe_all, probe_every * SPREAD_SHARE),
+            ),
+        ]
 
     def start(self) -> None:
         for task in self._tasks:
@@ -98,29 +113,17 @@ class Signals:
             await task.stop()
         await self.leadership.give_up()
         await self._session.close()
-        await self.registry.aclose()
-        await self._redis.aclose()
 
 
-def round_tasks(
-    settings: SchedulerSettings, scraper: LoadScraper, prober: HealthProber
-) -> list[PeriodicTask]:
-    """The load-scrape and health-probe rounds at their intervals, each round's nodes spread
-    over most of its interval."""
-    scrape_every = settings.load_scrape_interval_s
-    probe_every = settings.health_probe_interval_s
-    return [
-        PeriodicTask(
-            "load-scraper",
-            scrape_every,
-            functools.partial(scraper.scrape_all, scrape_every * SPREAD_SHARE),
-        ),
-        PeriodicTask(
-            "health-prober",
-            probe_every,
-            functools.partial(prober.probe_all, probe_every * SPREAD_SHARE),
-        ),
-    ]
+def redis_registry(settings: SchedulerSettings, redis: Redis) -> RedisNodeRegistry:
+    """The node registry in ``redis`` as ``settings`` describe it."""
+    return RedisNodeRegistry(
+        redis,
+        settings.redis_key_prefix,
+        lease_ttl_s=settings.lease_ttl_s,
+        breaker_failures=settings.breaker_failures,
+        breaker_open_s=settings.breaker_open_s,
+    )
 
 
 async def start_child(report_fd: int) -> asyncio.subprocess.Process:
@@ -282,7 +285,9 @@ async def _serve(settings: SchedulerSettings, out: IO[str]) -> None:
     stop = stop_event_on_signals()
     registry = CollectorRegistry()
     metrics = _ChildMetrics(registry)
-    signals = Signals(settings, metrics)
+    redis = create_redis(settings.redis_url)
+    nodes = redis_registry(settings, redis)
+    signals = Signals(settings, metrics, nodes, redis)
     watch_parent = asyncio.create_task(_until_closed(sys.stdin))
     watch_parent.add_done_callback(lambda _: stop.set())
     signals.start()
@@ -297,6 +302,8 @@ async def _serve(settings: SchedulerSettings, out: IO[str]) -> None:
     finally:
         await cancel_and_wait(watch_parent)
         await signals.stop()
+        await nodes.aclose()
+        await redis.aclose()
         metrics.signals_collector.set(0)  # given up
         with contextlib.suppress(OSError):
             _report(metrics, registry, out)
