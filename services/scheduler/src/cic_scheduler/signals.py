@@ -2,8 +2,9 @@
 
 Each scrape or probe is an HTTP call, a parse and a Redis script: a few hundred microseconds of
 an event loop, about a hundred times a second with 64 nodes. On the loop that answers picks they
-hold picks up: at 1,000 picks/s on 2 cores the pick p99 was 2.3-2.7 ms with them there and
-1.7-1.9 ms with them stopped. So (with ``SIGNALS_PROCESS``, the default) the scheduler starts
+hold picks up: at 1,000 picks/s on 2 cores (bench/scheduler_pick.py) the pick p99 was
+2.2-2.7 ms in runs with them there and 1.6-2.4 ms in runs with them stopped (above that only in
+runs where the machine stalled). So (with ``SIGNALS_PROCESS``, the default) the scheduler starts
 ``python -m cic_scheduler.signals`` and hands it its settings on the child's standard input.
 The child scrapes and probes the nodes (while its replica holds the collector role, see
 :mod:`cic_scheduler.leadership`) with the same code the scheduler would run in-process, and
