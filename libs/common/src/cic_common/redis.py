@@ -57,7 +57,7 @@ class _ScriptConnection(asyncio.Protocol):
     connection Redis closes is known as closed at once (no PING before use is needed to find
     out)."""
 
-    def __init__(self, conn: AbstractConnection) -> None:
+    def __init__(self, conn: AbstractConnection, text: bool = False) -> None:
         writer = getattr(conn, "_writer", None)  # redis-py keeps its stream writer there
         if writer is None:
             raise RedisConnectionError("the connection to Redis was not opened")
@@ -66,7 +66,7 @@ class _ScriptConnection(asyncio.Protocol):
             "replyError": BaseParser.parse_error,
             "notEnoughData": _NOT_ENOUGH_DATA,
         }
-        if conn.encoder.decode_responses:
+        if text or conn.encoder.decode_responses:
             reader_settings["encoding"] = conn.encoder.encoding
             reader_settings["errors"] = conn.encoder.encoding_errors
         self._reader = hiredis.Reader(**reader_settings)
@@ -83,9 +83,9 @@ class _ScriptConnection(asyncio.Protocol):
         conn._writer = conn._reader = None
 
     @classmethod
-    async def open(cls, conn: AbstractConnection) -> _ScriptConnection:
+    async def open(cls, conn: AbstractConnection, text: bool = False) -> _ScriptConnection:
         await conn.connect()
-        return cls(conn)
+        return cls(conn, text)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -137,7 +137,8 @@ class ScriptRunner:
     pipeline costs about 150 µs of CPU per round trip here, mostly the pool's lock and
     condition, a task per write (``wait_for``) and a timer per read; the runner's own
     connections (:class:`_ScriptConnection`) cost about 55-75 µs. Each batch gets one deadline
-    of ``timeout_s``.
+    of ``timeout_s``. With ``text``, bulk replies come as ``str`` (decoded by hiredis, in C)
+    whatever the client's own ``decode_responses``.
 
     A connection is taken from this runner's idle ones (or made from the client's connection
     settings: address, TLS, credentials, database) and put back after the batch; at most
@@ -149,8 +150,11 @@ class ScriptRunner:
     extra lease then ends at its TTL). A script Redis no longer knows (a restart, SCRIPT FLUSH)
     is loaded again and its runs sent again: Redis answered NOSCRIPT, so they did not run."""
 
-    def __init__(self, redis: Redis, timeout_s: float, max_connections: int = 32) -> None:
+    def __init__(
+        self, redis: Redis, timeout_s: float, max_connections: int = 32, *, text: bool = False
+    ) -> None:
         self._redis = redis
+        self._text = text
         self._timeout_s = timeout_s
         self._idle: list[_ScriptConnection] = []
         self._slots = asyncio.Semaphore(max_connections)
@@ -195,7 +199,8 @@ class ScriptRunner:
         pool = self._redis.connection_pool
         # Its settings' timeouts bound only the hand-shake: replies are read by the protocol,
         # within the batch's deadline.
-        return await _ScriptConnection.open(pool.connection_class(**pool.connection_kwargs))
+        connection = pool.connection_class(**pool.connection_kwargs)
+        return await _ScriptConnection.open(connection, self._text)
 
     async def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Each script's reply, in order; a script that failed gives its ``ResponseError``.

@@ -3,9 +3,10 @@ routing policy, releases, lease expiry, and the metrics around them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cic_scheduler.metrics import UNKNOWN_MODEL_LABEL, SchedulerMetrics
 from cic_scheduler.nodes import (
@@ -94,12 +95,19 @@ class NodeScheduler:
         return (await self.release_and_pick((), requests))[1]
 
     async def release_and_pick(
-        self, returns: Sequence[LeaseReturn], requests: Sequence[PickRequest]
+        self,
+        returns: Sequence[LeaseReturn],
+        requests: Sequence[PickRequest],
+        answer: Callable[[list[Lease | SchedulerError]], None] | None = None,
     ) -> tuple[bool, list[Lease | SchedulerError]]:
         """Gives ``returns`` back as :meth:`release_many` would, then picks ``requests`` as
         :meth:`pick_many` would (seeing the slots just freed), all in one round trip to the
         registry. Returns whether the leases were given back (not while the registry is
-        unavailable: the caller tries them again) and the picks' results."""
+        unavailable: the caller tries them again) and the picks' results.
+
+        ``answer``, if given, gets the picks' results as soon as the registry has answered, and
+        the tasks it wakes run before the metrics and the releases' bookkeeping: a caller
+        sends its answers first."""
         started = time.perf_counter()
         policies = [self._policies.for_model(r.model) for r in requests]
         pairs = [(r.lease_id, r.outcome) for r in returns]
@@ -112,6 +120,9 @@ class NodeScheduler:
         except RegistryUnavailable as err:
             results = [err] * len(requests)
         elapsed = time.perf_counter() - started
+        if answer is not None:
+            answer(results)
+            await asyncio.sleep(0)
         for request, policy, result in zip(requests, policies, results, strict=True):
             self._metrics.pick_seconds.observe(elapsed)
             self._account_pick(request, policy.name, result)
@@ -125,15 +136,15 @@ class NodeScheduler:
         self, request: PickRequest, policy: str, result: Lease | SchedulerError
     ) -> None:
         if isinstance(result, ModelNotServed):
-            self._metrics.picks.labels(UNKNOWN_MODEL_LABEL, policy, "unknown_model").inc()
+            self._metrics.pick_outcomes(UNKNOWN_MODEL_LABEL, policy, "unknown_model").inc()
             return
         if isinstance(result, RegistryUnavailable):
-            self._metrics.picks.labels(request.model, policy, "registry_unavailable").inc()
+            self._metrics.pick_outcomes(request.model, policy, "registry_unavailable").inc()
             return
         if isinstance(result, SchedulerError):
-            self._metrics.picks.labels(request.model, policy, "no_node").inc()
+            self._metrics.pick_outcomes(request.model, policy, "no_node").inc()
             return
-        self._metrics.picks.labels(request.model, policy, "ok").inc()
+        self._metrics.pick_outcomes(request.model, policy, "ok").inc()
         self._metrics.set_in_flight(result.node)
         if result.trial:
             log.info(
@@ -157,16 +168,16 @@ class NodeScheduler:
         return released
 
     async def _account(self, given_back: LeaseReturn, released: Release) -> None:
-        self._metrics.releases.labels(given_back.outcome.value).inc()
+        self._metrics.release_outcomes(given_back.outcome.value).inc()
         node = released.node
         if node is None:
             self._metrics.unknown_lease_releases.inc()
             log.info("release of unknown or expired lease %s ignored", given_back.lease_id)
             return
         self._metrics.set_in_flight(node)
-        tokens = self._metrics.released_tokens
-        tokens.labels(node.model, "prompt").inc(max(given_back.prompt_tokens, 0))
-        tokens.labels(node.model, "completion").inc(max(given_back.completion_tokens, 0))
+        tokens = self._metrics.released_token_kinds
+        tokens(node.model, "prompt").inc(max(given_back.prompt_tokens, 0))
+        tokens(node.model, "completion").inc(max(given_back.completion_tokens, 0))
         if released.breaker_closed:
             log.info("node %s: its half-open trial succeeded, breaker closed", node.id)
         changed = released.marked_unhealthy or released.breaker_closed

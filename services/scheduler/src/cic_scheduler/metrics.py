@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from cic_common.metrics import Children
 from cic_scheduler.nodes import BreakerState, NodeState, NodeStatus, NodeView
 
 _PICK_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -93,12 +94,18 @@ class SchedulerMetrics:
             registry=registry,
         )
 
+        # The children a pick or release sets, looked up without labels() (see Children).
+        self.pick_outcomes = Children(self.picks)
+        self.release_outcomes = Children(self.releases)
+        self.released_token_kinds = Children(self.released_tokens)
+        self._node_in_flight = Children(self.node_in_flight)
+        self._node_breaker_state = Children(self.node_breaker_state)
         self._in_flight_labels: set[tuple[str, str]] = set()
 
     def set_in_flight(self, node: NodeView | NodeStatus) -> None:
         self._in_flight_labels.add((node.id, node.model))
-        self.node_in_flight.labels(node.id, node.model).set(node.in_flight)
-        self.node_breaker_state.labels(node.id, node.model).set(breaker_state_value(node))
+        self._node_in_flight(node.id, node.model).set(node.in_flight)
+        self._node_breaker_state(node.id, node.model).set(breaker_state_value(node))
 
     def refresh_nodes(self, nodes: Iterable[NodeView | NodeStatus]) -> None:
         """Sets the node gauges from a snapshot of the whole registry (removed nodes included)."""
@@ -109,8 +116,8 @@ class SchedulerMetrics:
             self.set_in_flight(node)
             present.add((node.id, node.model))
         for stale in self._in_flight_labels - present:
-            self.node_in_flight.remove(*stale)
-            self.node_breaker_state.remove(*stale)
+            self._node_in_flight.remove(*stale)
+            self._node_breaker_state.remove(*stale)
         self._in_flight_labels = present
         for (state, healthy), count in counts.items():
             self.nodes.labels(state, healthy).set(count)

@@ -77,10 +77,6 @@ def _reachable() -> Iterator[None]:
         raise RegistryUnavailable(str(err) or type(err).__name__) from err
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class RedisNodeRegistry(NodeRegistry):
     def __init__(
         self,
@@ -98,7 +94,8 @@ class RedisNodeRegistry(NodeRegistry):
         self._breaker_open_s = breaker_open_s
         self._clock = clock
         self._scripts = {name: redis.register_script(_script_source(name)) for name in _SCRIPTS}
-        self._runner = ScriptRunner(redis, _SCRIPT_TIMEOUT_S)
+        # Replies come as text: every value the scripts return is a string or an integer.
+        self._runner = ScriptRunner(redis, _SCRIPT_TIMEOUT_S, text=True)
 
     async def aclose(self) -> None:
         await self._runner.aclose()
@@ -121,7 +118,7 @@ class RedisNodeRegistry(NodeRegistry):
 
     def _view(self, reply: Sequence[Any], now: float) -> NodeView:
         node_id, in_flight, flat = reply
-        fields = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
         stored = BreakerState(fields.get("breaker", "closed"))
         breaker = self._breaker(stored, fields.get("opened_at"), now)
         load = None
@@ -133,7 +130,7 @@ class RedisNodeRegistry(NodeRegistry):
                 scraped_at=float(fields["load_at"]),
             )
         return NodeView(
-            id=_text(node_id),
+            id=node_id,
             model=fields["model"],
             endpoint=fields["endpoint"],
             state=NodeState(fields["state"]),
@@ -153,7 +150,7 @@ class RedisNodeRegistry(NodeRegistry):
         return stored
 
     def _status(self, reply: Sequence[Any], now: float) -> NodeStatus:
-        node_id, in_flight, model, state, breaker, opened_at = (_text(v) for v in reply)
+        node_id, in_flight, model, state, breaker, opened_at = reply
         return NodeStatus(
             id=node_id,
             model=model,
@@ -177,11 +174,11 @@ class RedisNodeRegistry(NodeRegistry):
     async def _touch(self, node_id: str, action: str) -> NodeView:
         now = self._clock()
         reply = await self._run("touch", node_id, action, now)
-        status = _text(reply[0])
+        status = reply[0]
         if status == "missing":
             raise NodeNotFound(node_id)
         if status == "terminal":
-            raise NodeTerminated(node_id, NodeState(_text(reply[1])))
+            raise NodeTerminated(node_id, NodeState(reply[1]))
         return self._view(reply[1], now)
 
     async def heartbeat(self, node_id: str) -> NodeView:
@@ -241,7 +238,7 @@ class RedisNodeRegistry(NodeRegistry):
         return lease_id, keys, args
 
     def _picked(self, request: PickRequest, lease_id: str, reply: Any, now: float) -> Lease:
-        status = _text(reply[0])
+        status = reply[0]
         if status == "not_served":
             raise ModelNotServed(request.model)
         if status == "no_node":
@@ -280,7 +277,7 @@ class RedisNodeRegistry(NodeRegistry):
     def _release(self, reply: Sequence[Any], now: float) -> Release:
         if not reply[0]:
             return Release(node=None)
-        transition = _text(reply[1])
+        transition = reply[1]
         return Release(
             node=self._status(reply[2], now),
             marked_unhealthy=transition == "opened",
@@ -295,7 +292,7 @@ class RedisNodeRegistry(NodeRegistry):
         expired: list[ExpiredLease] = []
         while True:
             flat = await self._run("expire", self._clock(), _EXPIRE_BATCH)
-            pairs = [_text(v) for v in flat]
+            pairs = list(flat)
             expired.extend(
                 ExpiredLease(*pair) for pair in zip(pairs[::2], pairs[1::2], strict=True)
             )

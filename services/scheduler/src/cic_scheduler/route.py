@@ -27,7 +27,13 @@ from cic.scheduler.v1 import scheduler_pb2 as pb
 from cic_common.periodic import cancel_and_wait
 from cic_scheduler import convert
 from cic_scheduler.core import NodeScheduler
-from cic_scheduler.nodes import LeaseReturn, PickRequest, RegistryUnavailable, SchedulerError
+from cic_scheduler.nodes import (
+    Lease,
+    LeaseReturn,
+    PickRequest,
+    RegistryUnavailable,
+    SchedulerError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +91,7 @@ class RouteSession:
                 while self._picks:
                     batch = self._picks[:MAX_PICKS_PER_BATCH]
                     del self._picks[: len(batch)]
-                    answers = await self._take(batch)
-                    self._answers.extend(answers)
-                    self._ready.set()
+                    await self._take(batch)
                 if not self._reading:
                     return
         finally:
@@ -125,26 +129,29 @@ class RouteSession:
         code = convert.status_code(err)
         return pb.RoutePicked(id=pick_id, error_code=code.value[0], error_message=str(err))
 
-    async def _take(self, batch: list[tuple[int, PickRequest]]) -> list[pb.RoutePicked]:
-        """The batch's answers; the releases waiting (unless a give-back is under way) are given
-        back in the same round trip, first."""
+    async def _take(self, batch: list[tuple[int, PickRequest]]) -> None:
+        """Takes the batch and queues its answers, which are written before the scheduler's
+        bookkeeping of the round trip is done; the releases waiting (unless a give-back is under
+        way) are given back in the same round trip, first."""
         returns: list[LeaseReturn] = []
         if self._release_task is None or self._release_task.done():
             returns, self._releases = self._releases, []
-        given_back, results = await self._scheduler.release_and_pick(
-            returns, [request for _, request in batch]
+
+        def answer(results: list[Lease | SchedulerError]) -> None:
+            for (pick_id, _), result in zip(batch, results, strict=True):
+                if isinstance(result, SchedulerError):
+                    self._answers.append(self._refusal(pick_id, result))
+                else:
+                    self._answers.append(pb.RoutePicked(id=pick_id, picked=convert.picked(result)))
+            self._ready.set()
+
+        given_back, _ = await self._scheduler.release_and_pick(
+            returns, [request for _, request in batch], answer
         )
         if not given_back:  # the registry is unavailable: tried again on their own
             self._releases = returns + self._releases
         if not given_back or not self._picks:  # else they go with the picks waiting
             self._give_back_soon()
-        answers = []
-        for (pick_id, _), result in zip(batch, results, strict=True):
-            if isinstance(result, SchedulerError):
-                answers.append(self._refusal(pick_id, result))
-            else:
-                answers.append(pb.RoutePicked(id=pick_id, picked=convert.picked(result)))
-        return answers
 
     async def _give_back(self) -> None:
         """Gives the releases back; while the registry is unavailable they wait and are tried
