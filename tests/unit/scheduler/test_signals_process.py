@@ -143,6 +143,32 @@ async def test_a_child_that_dies_is_started_again(start_scheduler: StartSchedule
         await eventually(scraped, lambda count: count > scrapes)  # by the new child
 
 
+async def test_a_new_child_takes_the_collector_role_on_at_once_after_one_was_killed(
+    start_scheduler: StartScheduler,
+) -> None:
+    """A killed child cannot give the role up. Its successor holds it under the same holder id,
+    so it takes over at its first round, not when the dead one's key lapses (here after about
+    27 s: the scrape timeout makes the collector key's TTL long)."""
+    scheduler = await start_scheduler(**FAST, LOAD_SCRAPE_TIMEOUT_S="9")
+    process = scheduler.service.signals_process
+    assert process is not None
+
+    async def collector() -> float:
+        return scheduler.sample("cic_scheduler_signals_collector")
+
+    await eventually(collector, lambda held: held == 1)
+    first = _child(scheduler)
+    first.kill()
+    first.wait(5)
+
+    async def successor() -> int | None:
+        return process.pid if process.starts == 2 else None
+
+    await eventually(successor, lambda pid: pid is not None)
+    # Well within the dead child's key TTL (eventually gives up after 10 s).
+    await eventually(collector, lambda held: held == 1)
+
+
 async def test_the_child_stops_with_the_scheduler(start_scheduler: StartScheduler) -> None:
     scheduler = await start_scheduler(**FAST)
     process = scheduler.service.signals_process
@@ -166,7 +192,7 @@ async def test_the_child_ends_when_its_scheduler_is_gone(redis_url: str, redis_p
         {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": redis_prefix, **FAST},
     )
     read_fd, write_fd = os.pipe()
-    child = await start_child(write_fd)
+    child = await start_child(write_fd, "holder-of-this-test")
     os.close(write_fd)
     assert child.stdin is not None
     child.stdin.write(settings.model_dump_json().encode() + b"\n")
@@ -191,7 +217,7 @@ async def test_the_child_ends_when_its_scheduler_is_gone(redis_url: str, redis_p
 async def test_a_child_that_keeps_dying_is_started_again_less_and_less_often(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def dies_at_once(report_fd: int) -> asyncio.subprocess.Process:
+    async def dies_at_once(report_fd: int, holder: str) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-c", "pass", stdin=asyncio.subprocess.PIPE, pass_fds=(report_fd,)
         )

@@ -40,9 +40,13 @@ return 0
 class SignalsLeadership:
     """``await hold()`` before each round: True while this replica is the collector."""
 
-    def __init__(self, redis: Redis, key_prefix: str, ttl_s: float) -> None:
+    def __init__(
+        self, redis: Redis, key_prefix: str, ttl_s: float, holder: str | None = None
+    ) -> None:
         self.key = f"{key_prefix}signals:collector"
-        self.holder = uuid.uuid4().hex
+        # Who holds the key: a new id unless given (a replica's signals processes share its id,
+        # so that one started after another died renews the key instead of waiting it out).
+        self.holder = holder or uuid.uuid4().hex
         self._ttl_ms = max(int(ttl_s * 1000), 1)
         self._hold = redis.register_script(_HOLD)
         self._give_up = redis.register_script(_GIVE_UP)

@@ -14,9 +14,11 @@ the scheduler adds them to its own metrics (it does not list the nodes itself fo
 
 A child that dies is started again after ``RESTART_DELAY_S``, twice as long after each child
 that ends within ``RESTART_DELAY_MAX_S`` of its start (up to that), so one that cannot start
-does not fill the logs. A new child takes the collector role once the dead one's lapses (within
-``signals_collector_ttl_s``). The child stops on SIGTERM, and when its standard input ends: the
-scheduler is gone, however it went.
+does not fill the logs. Every child of a scheduler holds the collector role under that
+scheduler's one holder id, so a child started after one died (killed, without giving the role
+up) takes the role on at its first round rather than after the dead one's lapses
+(``signals_collector_ttl_s``): the load samples do not go stale meanwhile. The child stops on
+SIGTERM, and when its standard input ends: the scheduler is gone, however it went.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -76,9 +79,11 @@ class Signals:
         metrics: SchedulerMetrics,
         registry: NodeRegistry,
         redis: Redis,
+        holder: str | None = None,
     ) -> None:
         prefix = f"{settings.redis_key_prefix}scheduler:"
-        self.leadership = SignalsLeadership(redis, prefix, settings.signals_collector_ttl_s)
+        ttl_s = settings.signals_collector_ttl_s
+        self.leadership = SignalsLeadership(redis, prefix, ttl_s, holder)
         self._session = aiohttp.ClientSession(headers={"User-Agent": "cic-scheduler"})
         changes = NodeChanges(redis, prefix)
         probe_timeout = settings.health_probe_timeout_s
@@ -127,14 +132,16 @@ def redis_registry(settings: SchedulerSettings, redis: Redis) -> RedisNodeRegist
     )
 
 
-async def start_child(report_fd: int) -> asyncio.subprocess.Process:
-    """``python -m cic_scheduler.signals``, reporting on ``report_fd`` (which it inherits), its
-    standard input a pipe: write the settings' JSON on one line, close it to stop the child."""
+async def start_child(report_fd: int, holder: str) -> asyncio.subprocess.Process:
+    """``python -m cic_scheduler.signals``, reporting on ``report_fd`` (which it inherits) and
+    holding the collector role as ``holder``, its standard input a pipe: write the settings'
+    JSON on one line, close it to stop the child."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cic_scheduler.signals",
         str(report_fd),
+        holder,
         stdin=asyncio.subprocess.PIPE,
         pass_fds=(report_fd,),
     )
@@ -154,6 +161,8 @@ class SignalsProcess:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.starts = 0  # children started so far
+        # The collector role's holder id of every child of this scheduler (see the module).
+        self.holder = uuid.uuid4().hex
 
     @property
     def pid(self) -> int | None:
@@ -187,7 +196,7 @@ class SignalsProcess:
         loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()
         try:
-            process = await start_child(write_fd)
+            process = await start_child(write_fd, self.holder)
         except BaseException:
             os.close(read_fd)
             raise
@@ -207,6 +216,8 @@ class SignalsProcess:
                 self._apply(line, seen)
         finally:
             transport.close()
+            # Nobody collects here until the next child says it does.
+            self._metrics.signals_collector.set(0)
         await process.wait()
 
     def _apply(self, line: bytes, seen: dict[str, float]) -> None:
@@ -282,13 +293,13 @@ async def _until_closed(stream: IO[str]) -> None:
         pass
 
 
-async def _serve(settings: SchedulerSettings, out: IO[str]) -> None:
+async def _serve(settings: SchedulerSettings, out: IO[str], holder: str | None) -> None:
     stop = stop_event_on_signals()
     registry = CollectorRegistry()
     metrics = _ChildMetrics(registry)
     redis = create_redis(settings.redis_url)
     nodes = redis_registry(settings, redis)
-    signals = Signals(settings, metrics, nodes, redis)
+    signals = Signals(settings, metrics, nodes, redis, holder)
     watch_parent = asyncio.create_task(_until_closed(sys.stdin))
     watch_parent.add_done_callback(lambda _: stop.set())
     signals.start()
@@ -313,11 +324,12 @@ async def _serve(settings: SchedulerSettings, out: IO[str]) -> None:
 def main() -> None:
     """The child's life: its settings from the first line of standard input, then the rounds
     until SIGTERM or the end of standard input; reports go to the file descriptor named by its
-    one argument."""
+    first argument, and it holds the collector role as the holder id of its second (if any)."""
     out = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+    holder = sys.argv[2] if len(sys.argv) > 2 else None
     settings = SchedulerSettings.model_validate_json(sys.stdin.readline())
     configure_logging(settings.log_level, settings.log_format, "scheduler-signals")
-    run(lambda: _serve(settings, out))
+    run(lambda: _serve(settings, out, holder))
 
 
 if __name__ == "__main__":
