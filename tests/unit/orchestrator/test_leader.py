@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cic.orchestrator.v1 import orchestrator_pb2 as pb
 from cic.orchestrator.v1 import orchestrator_pb2_grpc
+from cic_orchestrator.providers.local import LocalProvider
 from cic_orchestrator.server import SERVICE_NAME
 from tests.support.net import free_port, wait_for_port
 from tests.unit.orchestrator.conftest import (
@@ -84,6 +85,25 @@ async def test_the_second_replica_stands_by_until_the_first_stops(start_orchestr
     assert second.metric("cic_orchestrator_leader") == 1
     node = await second.node(node_id)  # the first one ended its simulator on the way out
     assert node.state == pb.NODE_STATE_TERMINATED
+
+
+async def test_the_leader_reports_serving_only_once_its_providers_are_warm(
+    start_orchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SkyPilot's SDK takes seconds to import: until a provider's warm-up ends, a readiness probe
+    must not send launches (they would wait past the caller's deadline)."""
+    warm = asyncio.get_running_loop().create_future()
+    monkeypatch.setattr(LocalProvider, "warm_up", lambda self: warm)
+    leader: Orchestrator = await start_orchestrator()
+    assert leader.service.active
+    assert await _health(leader.channel) == NOT_SERVING
+    assert await _health(leader.channel, "") == SERVING  # the process itself is alive
+    warm.set_result(None)
+
+    async def serving() -> bool:
+        return await _health(leader.channel) == SERVING
+
+    await eventually(serving, "serving once warm")
 
 
 async def _refused_as_standby_for_every_call(

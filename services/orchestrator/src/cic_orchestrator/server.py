@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable
 
 from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -65,6 +67,9 @@ class OrchestratorService:
         self._leadership: asyncio.Task[None] | None = None
         self._active = False
         self._started = False
+        # Whether every provider has finished warming up (see NodeProvider.warm_up).
+        self._warm = False
+        self._warming: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> bool:
@@ -128,10 +133,13 @@ class OrchestratorService:
             await self._lead()
         port = await self.grpc.start(self.settings.grpc_port, host)
         self._started = True
+        warming = [w for w in (provider.warm_up() for provider in self.providers) if w]
+        if warming:
+            self._warming = asyncio.create_task(self._serve_when_warm(warming), name="warm-up")
+        else:
+            self._warm = True
         await self._set_serving(self._active)
         self._leadership = asyncio.create_task(self._follow_leadership(), name="leadership")
-        for provider in self.providers:
-            provider.warm_up()
         log.info(
             "orchestrator serving gRPC on port %d (%s)",
             port,
@@ -203,12 +211,22 @@ class OrchestratorService:
         self.metrics.desired_nodes.clear()
         self.metrics.time_to_first_token.clear()
 
+    async def _serve_when_warm(self, warming: list[Awaitable[None]]) -> None:
+        started = time.monotonic()
+        for outcome in await asyncio.gather(*warming, return_exceptions=True):
+            if isinstance(outcome, Exception):  # its calls will fail and say why
+                log.error("a provider failed to warm up: %r", outcome)
+        self._warm = True
+        log.info("providers warm after %.1f s", time.monotonic() - started)
+        await self._set_serving(self._active)
+
     async def _set_serving(self, serving: bool) -> None:
         """The orchestrator service's own health follows leadership (a readiness probe on it
-        sends calls to the leader only); the server's overall health stays SERVING."""
+        sends calls to the leader only), once the providers are warm; the server's overall
+        health stays SERVING."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if serving
+            if serving and self._warm
             else (health_pb2.HealthCheckResponse.NOT_SERVING)
         )
         if self._started:
@@ -221,6 +239,8 @@ class OrchestratorService:
         if self._started:
             await self.grpc.stop(self.settings.shutdown_grace_s)
             self._started = False
+        await cancel_and_wait(self._warming)
+        self._warming = None
         await cancel_and_wait(self._leadership)
         self._leadership = None
         if self.autoscaler is not None:

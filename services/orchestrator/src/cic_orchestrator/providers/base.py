@@ -50,8 +50,11 @@ class NodeProvider(abc.ABC):
         """Checks server flags against what this provider allows; returns them normalised.
         Raises :class:`~cic_orchestrator.nodes.InvalidNodeRequest` naming a bad flag."""
 
-    def warm_up(self) -> None:  # noqa: B027 - most providers have nothing to prepare
-        """Starts any slow preparation in the background (the service is already serving)."""
+    def warm_up(self) -> Awaitable[None] | None:
+        """Starts any slow preparation in the background and returns what to await for its end
+        (None: nothing to prepare). The orchestrator service reports NOT_SERVING until it ends,
+        so that a readiness probe sends no launch to a replica that could not answer in time."""
+        return None
 
     async def check_spec(self, spec: NodeSpec) -> None:  # noqa: B027 - most check nothing more
         """Any check of the whole request beyond its flags (raises InvalidNodeRequest)."""

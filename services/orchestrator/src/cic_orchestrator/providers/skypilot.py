@@ -77,8 +77,10 @@ class SkyPilotProvider(NodeProvider):
     def serves_cloud(self, cloud: str) -> bool:
         return cloud != "local"
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> Awaitable[None]:
+        # Importing the SDK takes seconds; a launch checked meanwhile would wait for it.
         self._warm_up = asyncio.create_task(self._client.warm_up(), name="skypilot import")
+        return self._warm_up
 
     def check_vllm_args(self, args: Sequence[str]) -> list[str]:
         return check_flag_args(args, VLLM_FLAGS)
