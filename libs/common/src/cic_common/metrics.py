@@ -51,6 +51,10 @@ class Children(Generic[M]):
         self._children.pop(values, None)
         self._metric.remove(*values)
 
+    def labelled(self) -> set[tuple[str, ...]]:
+        """The label values of the children made here and not removed since."""
+        return set(self._children)
+
 
 def start_metrics_server(port: int, registry: CollectorRegistry = REGISTRY) -> int:
     """Serves ``/metrics`` on ``port`` (0 picks a free one) in a daemon thread; returns the port."""

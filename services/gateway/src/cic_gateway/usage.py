@@ -147,7 +147,9 @@ class UsageOutbox:
     ) -> None:
         self._redis = redis
         self._append = redis.register_script(_APPEND)
-        self._scripts = ScriptRunner(redis, options.rpc_timeout_s)
+        # An append may take as long as the client's own commands may.
+        timeout_s = redis.connection_pool.connection_kwargs.get("socket_timeout") or 5.0
+        self._scripts = ScriptRunner(redis, timeout_s)
         self._billing = billing
         self._metrics = metrics
         self._o = options
@@ -217,9 +219,7 @@ class UsageOutbox:
             batch = [self._memory[i] for i in range(min(len(self._memory), self._o.batch_size))]
             payloads = [event.SerializeToString() for event in batch]
             try:
-                [appended] = await self._scripts.run([(self._append, [self.stream], payloads)])
-                if isinstance(appended, Exception):
-                    raise appended
+                await self._scripts.call(self._append, [self.stream], payloads)
             except _REDIS_ERRORS as err:
                 log.warning("usage outbox: Redis unreachable (%s); keeping events", err)
                 if self._stopping:

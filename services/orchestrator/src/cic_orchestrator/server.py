@@ -133,7 +133,7 @@ class OrchestratorService:
             await self._lead()
         port = await self.grpc.start(self.settings.grpc_port, host)
         self._started = True
-        warming = [w for w in (provider.warm_up() for provider in self.providers) if w]
+        warming = [w for w in (p.warm_up() for p in self.providers) if w is not None]
         if warming:
             self._warming = asyncio.create_task(self._serve_when_warm(warming), name="warm-up")
         else:

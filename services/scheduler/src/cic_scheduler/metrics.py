@@ -100,10 +100,8 @@ class SchedulerMetrics:
         self.released_token_kinds = Children(self.released_tokens)
         self._node_in_flight = Children(self.node_in_flight)
         self._node_breaker_state = Children(self.node_breaker_state)
-        self._in_flight_labels: set[tuple[str, str]] = set()
 
     def set_in_flight(self, node: NodeView | NodeStatus) -> None:
-        self._in_flight_labels.add((node.id, node.model))
         self._node_in_flight(node.id, node.model).set(node.in_flight)
         self._node_breaker_state(node.id, node.model).set(breaker_state_value(node))
 
@@ -115,9 +113,8 @@ class SchedulerMetrics:
             counts[(node.state.value, "true" if node.healthy else "false")] += 1
             self.set_in_flight(node)
             present.add((node.id, node.model))
-        for stale in self._in_flight_labels - present:
+        for stale in self._node_in_flight.labelled() - present:
             self._node_in_flight.remove(*stale)
             self._node_breaker_state.remove(*stale)
-        self._in_flight_labels = present
         for (state, healthy), count in counts.items():
             self.nodes.labels(state, healthy).set(count)

@@ -1,9 +1,10 @@
 -- ARGV: prefix, lease id, outcome (success|node_error|client_error|unspecified), now,
 --       breaker failures.
 -- Returns {0} for an unknown or expired lease, else {1, transition, status} where transition is
--- 'opened', 'closed' or '' and status the node's node_status (common.lua). The half-open trial's success closes the breaker, its node error
--- re-opens it, and any other outcome lets the next pick be the trial. Otherwise a node error
--- counts towards opening a closed breaker and a success resets that count.
+-- 'opened', 'closed' or '' and status the node's node_status (common.lua). The half-open
+-- trial's success closes the breaker, its node error re-opens it, and any other outcome lets
+-- the next pick be the trial. Otherwise a node error counts towards opening a closed breaker
+-- and a success resets that count.
 local p, lease, outcome, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local failures = tonumber(ARGV[5])
 local id = drop_lease(p, lease)
